@@ -1,0 +1,3 @@
+"""raystep: Step-DPO end to end on Ray."""
+
+__version__ = "0.1.0"

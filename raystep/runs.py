@@ -1,0 +1,108 @@
+"""The run folder and its manifest.
+
+``<storage>/<run>/`` holds one sub-folder per stage plus ``manifest.json``: the config, library versions,
+and per stage its counts and timings. Stages update only their own entry; the update is locked and
+atomic so concurrent stages (or a killed one) never leave a torn manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from raystep.config import RunConfig
+
+STAGES = ("problems", "samples", "localized", "pairs", "train", "model", "eval")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide the numbers, for the manifest."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("raystep", "ray", "torch", "transformers", "deepspeed", "vllm", "openai", "math-verify"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+class RunDir:
+    """Paths of one run, and its manifest."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        path = str(path)
+        if "://" in path and not path.startswith("file://"):
+            raise ValueError(
+                f"{path}: the run folder must be a local or mounted path (mount buckets with a CSI driver or "
+                "use storage.root on NFS); Ray Train checkpoints alone accept s3:// via train storage"
+            )
+        self.path = Path(path.removeprefix("file://"))
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> RunDir:
+        return cls(config.run_dir)
+
+    def stage(self, name: str) -> Path:
+        """The folder of a stage (created on first use)."""
+        p = self.path / name
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {}
+        return json.loads(self.manifest_path.read_text())
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".manifest.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def update_manifest(self, stage: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into the manifest (under ``stages.<stage>`` when a stage is given)."""
+        with self._locked():
+            data = self.read_manifest()
+            data.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
+            data["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            target = data.setdefault("stages", {}).setdefault(stage, {}) if stage else data
+            target.update(fields)
+            tmp = self.manifest_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
+            os.replace(tmp, self.manifest_path)
+            return data
+
+    def record_config(self, config: RunConfig) -> None:
+        """Write the resolved config and library versions into the manifest."""
+        self.update_manifest(config=config.model_dump(mode="json"), versions=library_versions())
+
+
+@contextlib.contextmanager
+def timed_stage(run: RunDir, stage: str) -> Iterator[dict[str, Any]]:
+    """Time a stage and record its counts: ``with timed_stage(run, "collect") as stats: stats["rows"] = n``."""
+    stats: dict[str, Any] = {}
+    start = time.time()
+    run.update_manifest(stage, status="running", started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    try:
+        yield stats
+    except BaseException as exc:
+        run.update_manifest(stage, status="failed", error=f"{type(exc).__name__}: {exc}", **stats)
+        raise
+    run.update_manifest(stage, status="done", seconds=round(time.time() - start, 3), **stats)

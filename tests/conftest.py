@@ -1,0 +1,54 @@
+"""Session fixtures: the shared data folder, a tiny model built here, and one local Ray.
+
+Nothing is downloaded: the tiny model is a 2-layer Qwen2 with a BPE tokenizer trained on GSM8K text
+from ``../shared/data`` (seconds), saved and loaded through the same HF paths a hub model takes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    """``$RAYSTEP_DATA`` or the ``shared/data`` folder beside the checkout."""
+    env = os.environ.get("RAYSTEP_DATA")
+    path = Path(env) if env else REPO.parent / "shared" / "data"
+    if not path.exists():
+        pytest.exit(f"benchmark data not found at {path}; set RAYSTEP_DATA", returncode=3)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return data_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """A saved tiny Qwen2 + tokenizer folder (random weights)."""
+    from raystep.tiny import build_tiny_model, gsm8k_texts
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    return build_tiny_model(out, gsm8k_texts(shared_data / "gsm8k" / "train.jsonl", limit=2000))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray started once per session (tests that need their own cluster shut it down first)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}},
+        )
+    yield ray
+    ray.shutdown()
