@@ -37,18 +37,33 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> P
     return build_tiny_model(out, gsm8k_texts(shared_data / "gsm8k" / "train.jsonl", limit=2000))
 
 
-@pytest.fixture(scope="session")
+RAY_INIT_KWARGS = dict(
+    num_cpus=4,
+    include_dashboard=False,
+    log_to_driver=False,
+    configure_logging=False,
+    runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}},
+)
+
+
+@pytest.fixture
 def ray_local():
-    """A local Ray started once per session (tests that need their own cluster shut it down first)."""
+    """A local Ray, started on first use and kept for the session.
+
+    Tests that need their own cluster (multi-node, job submission) call ``ray.shutdown()`` first;
+    the next test that asks for this fixture starts the local one again.
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=4,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}},
-        )
-    yield ray
-    ray.shutdown()
+        ray.init(**RAY_INIT_KWARGS)
+    return ray
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shutdown_ray_at_end():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
