@@ -24,7 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("raystep.evaluate.compare", "paired comparison of two evaluations (McNemar)"),
     "pipeline": ("raystep.pipeline", "collect -> localize -> rectify -> train in one run"),
     "demo": ("raystep.demo", "the whole loop on a built-in arithmetic world, on a local CPU Ray"),
-    "ablate": ("raystep.synth.ablate", "no training vs DPO vs Step-DPO on the arithmetic world, several seeds"),
+    "ablate": (
+        "raystep.synth.ablate",
+        "no training vs DPO vs Step-DPO on the arithmetic world, several seeds",
+    ),
     "config": ("raystep.cli", "print the resolved run config (defaults, file and --set applied)"),
 }
 

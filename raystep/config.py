@@ -42,6 +42,21 @@ class ModelConfig(Section):
     """Prompt template name from ``raystep.steps.TEMPLATES`` (``alpaca``, ``qwen2-boxed``, ``chat``)."""
 
 
+class SynthConfig(Section):
+    """Knobs of the built-in arithmetic world (``data.source: synth``, see ``raystep.synth.world``)."""
+
+    seed: int = 0
+    num_problems: int = Field(default=200, ge=1)
+    """Problems per split when ``data.limit`` is empty."""
+    min_steps: int = Field(default=2, ge=1)
+    max_steps: int = Field(default=3, ge=1)
+    min_operand: int = Field(default=2, ge=1)
+    max_operand: int = Field(default=20, ge=1)
+    max_factor: int = Field(default=4, ge=2)
+    max_value: int = Field(default=150, ge=2)
+    operators: list[Literal["+", "-", "*", "/"]] = Field(default_factory=lambda: ["+", "-", "*"])
+
+
 class DataConfig(Section):
     """The problems to build pairs from (or to evaluate on)."""
 
@@ -56,6 +71,8 @@ class DataConfig(Section):
     limit: int | None = Field(default=None, ge=1)
     rejects: bool = False
     """Send malformed rows to ``<stage>/rejects.jsonl`` (counted) instead of failing on the first one."""
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    """The arithmetic world's knobs, read only when ``source`` is ``synth``."""
 
 
 class SamplingConfig(Section):
@@ -95,6 +112,10 @@ class JudgeConfig(Section):
     temperature: float = Field(default=0.0, ge=0.0)
     max_tokens: int = Field(default=2048, ge=1)
     cache: bool = True
+    cache_dir: str | None = None
+    """Where replies are cached by request hash; empty: ``<run>/localized/judge-cache``."""
+    backoff_s: float = Field(default=1.0, ge=0.0)
+    """First retry delay; doubles each attempt (a server's Retry-After wins)."""
 
 
 class RolloutConfig(Section):
@@ -118,6 +139,10 @@ class LocalizeConfig(Section):
     """Registered exact verifier name, for ``methods: [verifier]``."""
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    concurrency: int = Field(default=1, ge=1)
+    """Localizer replicas (Ray Data actors); the judge's requests_per_second is split among them."""
+    batch_size: int = Field(default=16, ge=1)
+    """Samples per localizer call."""
 
 
 class RectifyConfig(Section):
@@ -181,6 +206,8 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = True
     checkpoint_every_steps: int = Field(default=50, ge=1)
     num_checkpoints_to_keep: int = Field(default=2, ge=1)
+    checkpoint_storage: str | None = None
+    """Ray Train storage for checkpoints (local path, NFS mount or ``s3://``); empty: ``<run>/train``."""
     max_failures: int = Field(default=2, ge=-1)
     seed: int = 42
     log_to: list[Literal["mlflow", "wandb"]] = Field(default_factory=list)
@@ -211,6 +238,10 @@ class ServeConfig(Section):
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=1, ge=1)
     max_ongoing_requests: int = Field(default=64, ge=1)
+    max_queued_requests: int = Field(default=-1, ge=-1)
+    """Requests waiting for a replica beyond which Serve answers 503 at once (-1: no limit)."""
+    num_cpus_per_replica: float = Field(default=1.0, ge=0.0)
+    """CPU app only: CPUs reserved by each replica (torch uses that many threads)."""
     max_batch_size: int = Field(default=8, ge=1)
     batch_wait_timeout_s: float = Field(default=0.02, ge=0.0)
     max_tokens_cap: int = Field(default=2048, ge=1)

@@ -82,7 +82,10 @@ PUBLIC_PAIR_FIELDS: tuple[str, ...] = (
 """The exact columns of xinlai/Math-Step-DPO-10K, in its order."""
 
 PAIR_FIELDS: FieldSpec = {
-    **{name: (_STR, name in ("prompt", "initial_reason_steps", "chosen", "rejected")) for name in PUBLIC_PAIR_FIELDS},
+    **{
+        name: (_STR, name in ("prompt", "initial_reason_steps", "chosen", "rejected"))
+        for name in PUBLIC_PAIR_FIELDS
+    },
     # provenance (absent from public files)
     "pair_id": (_STR, False),
     "problem_id": (_STR, False),

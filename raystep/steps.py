@@ -57,7 +57,9 @@ TEMPLATES: dict[str, Template] = {
         "\nPlease reason step by step, and put your final answer within \\boxed{}.",
     ),
     "plain": Template("plain", "Question: {instruction}\nAnswer:", " "),
-    "chat": Template("chat", "", "", "\nPlease reason step by step, and put your final answer within \\boxed{}."),
+    "chat": Template(
+        "chat", "", "", "\nPlease reason step by step, and put your final answer within \\boxed{}."
+    ),
 }
 """``chat`` uses the tokenizer's own chat template (pass ``tokenizer`` to ``build_prompt``)."""
 
@@ -80,7 +82,9 @@ def build_prompt(template: str, question: str, prefix: str = "", tokenizer: Any 
         if tokenizer is None:
             raise ValueError("the 'chat' template needs the tokenizer (its chat_template renders the prompt)")
         head = tokenizer.apply_chat_template(
-            [{"role": "user", "content": question + t.chat_suffix}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": question + t.chat_suffix}],
+            tokenize=False,
+            add_generation_prompt=True,
         )
     else:
         head = t.head.format(instruction=question)
@@ -156,4 +160,3 @@ def first_step(continuation: str, k: int) -> str:
     """
     m = re.search(rf"(?:(?<=\n)|^)Step {k + 1}:", continuation)
     return continuation[: m.start()] if m else continuation
-

@@ -103,3 +103,27 @@ def build_tiny_model(
     )
     model.save_pretrained(str(out))
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m raystep.tiny OUT_DIR``: build the tiny model from the data folder's GSM8K train text."""
+    import argparse
+
+    from raystep.datasets import default_data_dir
+
+    parser = argparse.ArgumentParser(prog="python -m raystep.tiny", description=main.__doc__)
+    parser.add_argument("out_dir", help="folder to write the model and tokenizer to")
+    parser.add_argument(
+        "--data-dir", default=None, help="data folder (default: $RAYSTEP_DATA or ../shared/data)"
+    )
+    args = parser.parse_args(argv)
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    if data_dir is None or not (data_dir / "gsm8k" / "train.jsonl").exists():
+        parser.error("GSM8K train text not found; pass --data-dir or set RAYSTEP_DATA")
+    out = build_tiny_model(args.out_dir, gsm8k_texts(data_dir / "gsm8k" / "train.jsonl", limit=2000))
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

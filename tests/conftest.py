@@ -38,6 +38,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> P
 
 
 RAY_INIT_KWARGS = dict(
+    address="local",  # always a fresh local instance, never a `ray start` cluster another job left running
     num_cpus=4,
     include_dashboard=False,
     log_to_driver=False,

@@ -1,1 +1,76 @@
-"""engines."""
+"""Generation engines behind one row contract (see ``raystep.engines.base``), chosen by ``sampling.engine``.
+
+``build_generator(config)`` returns a ``Dataset -> Dataset`` function: rows with ``prompt`` and
+``sampling`` in, the same rows plus ``generated_text``, ``num_generated_tokens``, ``finish_reason`` and
+``generation_error`` out, whichever engine runs (``hf``: a Ray Data actor stage around ``transformers``;
+``vllm``: ``ray.data.llm``'s vLLM processor). The pipeline never forks on the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from raystep.config import RunConfig
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
+
+Generator = Callable[["Dataset"], "Dataset"]
+
+
+def sampling_defaults(config: RunConfig, sampling: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The engine-neutral sampling dict from ``config.sampling``, with ``sampling`` overrides on top."""
+    s = config.sampling
+    out: dict[str, Any] = {
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "max_new_tokens": s.max_new_tokens,
+        "seed": s.seed,
+        "stop": list(s.stop),
+    }
+    out.update(sampling or {})
+    return out
+
+
+def build_generator(config: RunConfig, sampling: dict[str, Any] | None = None) -> Generator:
+    """The configured engine as a ``Dataset -> Dataset`` function.
+
+    Rows keep their own ``sampling``; ``sampling`` here only fills keys a row lacks. Engine resources
+    (replicas, batch size, GPUs, tensor parallelism) come from ``config.sampling``.
+    """
+    defaults = sampling_defaults(config, sampling)
+    if config.sampling.engine == "vllm":
+        from raystep.engines.vllm import build_vllm_generator
+
+        return build_vllm_generator(config, defaults)
+    return build_hf_generator(config, defaults)
+
+
+def build_hf_generator(config: RunConfig, defaults: dict[str, Any]) -> Generator:
+    """``transformers`` generate as a Ray Data actor pool (``sampling.concurrency`` replicas)."""
+    from ray.data import ActorPoolStrategy
+
+    from raystep.engines.hf import HFEngineUDF
+
+    s, m = config.sampling, config.model
+
+    def generate(ds: Dataset) -> Dataset:
+        return ds.map_batches(
+            HFEngineUDF,
+            fn_constructor_kwargs={
+                "model_path": m.path,
+                "defaults": defaults,
+                "tokenizer": m.tokenizer,
+                "dtype": m.dtype,
+                "trust_remote_code": m.trust_remote_code,
+                "batch_size": s.batch_size,
+            },
+            batch_size=s.batch_size,
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=s.concurrency),
+            num_cpus=1,
+            num_gpus=s.num_gpus_per_replica or None,
+        )
+
+    return generate

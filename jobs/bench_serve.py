@@ -1,0 +1,241 @@
+"""Benchmark: what ``@serve.batch`` buys the CPU OpenAI app under load, measured side by side in one run.
+
+A local Ray starts raystep's Serve app twice on loopback with the same model: once batched
+(``serve.max_batch_size``, default 8) and once unbatched (``max_batch_size=1``). Each gets the same
+bounded load: N concurrent clients sending ``/v1/completions`` requests (GSM8K questions, sampled,
+``max_tokens`` fixed) back to back for D seconds. The script prints requests/s, p50 and p99 latency,
+the error count and the 5xx count per mode, the batched/unbatched ratios, and fails (exit 1) on any
+5xx. The model is a tiny Qwen2 built here (no download) unless ``--model`` names a folder.
+
+    python jobs/bench_serve.py [--clients 32] [--duration 30] [--max-tokens 32] [--batch-size 8]
+                               [--model DIR] [--plot bench_serve.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from raystep.config import RunConfig  # noqa: E402
+from raystep.datasets import default_data_dir  # noqa: E402
+from raystep.tiny import build_tiny_model, gsm8k_texts  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def load(
+    base_url: str, prompts: list[str], clients: int, duration_s: float, max_tokens: int
+) -> dict[str, Any]:
+    """``clients`` workers send requests back to back until ``duration_s`` has passed."""
+    import httpx
+    from tqdm import tqdm
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    failures: list[str] = []
+    completion_tokens = 0
+    deadline = time.perf_counter() + duration_s
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def worker(seed: int, http: httpx.AsyncClient) -> None:
+        nonlocal completion_tokens
+        rng = random.Random(seed)
+        while time.perf_counter() < deadline:
+            body = {
+                "model": "raystep",
+                "prompt": rng.choice(prompts),
+                "max_tokens": max_tokens,
+                "temperature": 0.8,
+                "top_p": 0.95,
+                "seed": rng.randrange(1 << 30),
+            }
+            start = time.perf_counter()
+            try:
+                resp = await http.post(f"{base_url}/completions", json=body)
+            except httpx.HTTPError as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
+            if resp.status_code == 200:
+                latencies.append(time.perf_counter() - start)
+                completion_tokens += resp.json()["usage"]["completion_tokens"]
+            else:
+                failures.append(f"{resp.status_code}: {resp.text[:200]}")
+
+    async def ticker() -> None:
+        with tqdm(total=round(duration_s), unit="s", leave=False) as bar:
+            while time.perf_counter() < deadline:
+                await asyncio.sleep(1)
+                bar.update(1)
+                bar.set_postfix(done=len(latencies))
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        await asyncio.gather(ticker(), *(worker(i, http) for i in range(clients)))
+    wall = time.perf_counter() - started
+    return {
+        "requests_ok": len(latencies),
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(latencies) / wall, 2),
+        "tokens_per_s": round(completion_tokens / wall, 1),
+        "p50_s": round(percentile(latencies, 50), 4),
+        "p99_s": round(percentile(latencies, 99), 4),
+        "mean_s": round(statistics.fmean(latencies), 4) if latencies else float("nan"),
+        "errors": len(failures),
+        "status_5xx": sum(n for code, n in statuses.items() if code >= 500),
+        "statuses": statuses,
+        "first_failures": failures[:3],
+    }
+
+
+def run_mode(model: Path, batch_size: int, args: argparse.Namespace, prompts: list[str]) -> dict[str, Any]:
+    from raystep.serve.run import shutdown, start
+
+    config = RunConfig.model_validate(
+        {
+            "serve": {
+                "model": str(model),
+                "port": free_port(),
+                "max_batch_size": batch_size,
+                "batch_wait_timeout_s": args.batch_wait,
+                "max_ongoing_requests": max(args.clients, batch_size),
+                "max_tokens_cap": args.max_tokens,
+                "num_cpus_per_replica": 1,
+            }
+        }
+    )
+    url = start(config)
+    try:
+        asyncio.run(load(url, prompts, min(args.clients, 4), 2.0, args.max_tokens))  # warm-up, not counted
+        return asyncio.run(load(url, prompts, args.clients, args.duration, args.max_tokens))
+    finally:
+        shutdown()
+
+
+def plot(results: dict[str, dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.bar(names, [results[n]["requests_per_s"] for n in names], color=["tab:blue", "tab:gray"])
+    ax1.set_ylabel("requests / s")
+    width = 0.35
+    xs = range(len(names))
+    ax2.bar([x - width / 2 for x in xs], [results[n]["p50_s"] for n in names], width, label="p50")
+    ax2.bar([x + width / 2 for x in xs], [results[n]["p99_s"] for n in names], width, label="p99")
+    ax2.set_xticks(list(xs), names)
+    ax2.set_ylabel("latency (s)")
+    ax2.legend()
+    fig.suptitle("raystep CPU serve app: batched vs unbatched")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per mode")
+    parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request")
+    parser.add_argument("--batch-size", type=int, default=8, help="serve.max_batch_size of the batched mode")
+    parser.add_argument("--batch-wait", type=float, default=0.01, help="serve.batch_wait_timeout_s")
+    parser.add_argument("--model", help="a Hugging Face model folder (default: a tiny Qwen2 built here)")
+    parser.add_argument("--hidden", type=int, default=256, help="tiny model hidden size")
+    parser.add_argument("--layers", type=int, default=4, help="tiny model layers")
+    parser.add_argument("--plot", help="write a PNG of the two modes")
+    args = parser.parse_args()
+
+    import ray
+
+    data = default_data_dir()
+    if data is None:
+        print("benchmark data not found: set RAYSTEP_DATA", file=sys.stderr)
+        return 2
+    prompts = [json.loads(line)["question"] for line in (data / "gsm8k" / "test.jsonl").open()][:256]
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            model = Path(args.model)
+        else:
+            model = build_tiny_model(
+                Path(tmp) / "model",
+                gsm8k_texts(data / "gsm8k" / "train.jsonl", limit=2000),
+                hidden_size=args.hidden,
+                num_layers=args.layers,
+                intermediate_size=args.hidden * 2,
+            )
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}},
+        )
+        try:
+            results = {
+                f"batched (max_batch_size={args.batch_size})": run_mode(
+                    model, args.batch_size, args, prompts
+                ),
+                "unbatched (max_batch_size=1)": run_mode(model, 1, args, prompts),
+            }
+        finally:
+            ray.shutdown()
+
+    batched, unbatched = results.values()
+    print(
+        f"\n{args.clients} concurrent clients x {args.duration:.0f} s per mode, max_tokens={args.max_tokens}"
+    )
+    header = (
+        f"{'mode':<30} {'req/s':>8} {'tok/s':>8} {'p50 s':>8} {'p99 s':>8} {'ok':>6} {'errors':>7} {'5xx':>5}"
+    )
+    print(header)
+    for name, r in results.items():
+        print(
+            f"{name:<30} {r['requests_per_s']:>8.2f} {r['tokens_per_s']:>8.1f} {r['p50_s']:>8.3f} "
+            f"{r['p99_s']:>8.3f} {r['requests_ok']:>6} {r['errors']:>7} {r['status_5xx']:>5}"
+        )
+    ratio_rps = batched["requests_per_s"] / max(unbatched["requests_per_s"], 1e-9)
+    ratio_p50 = unbatched["p50_s"] / max(batched["p50_s"], 1e-9)
+    print(f"batched / unbatched: {ratio_rps:.2f}x requests/s, p50 latency {ratio_p50:.2f}x lower")
+    print(json.dumps({"results": results, "ratio_requests_per_s": round(ratio_rps, 2)}, default=str))
+    if args.plot:
+        plot(results, args.plot)
+        print(f"wrote {args.plot}")
+    bad = {name: r["status_5xx"] for name, r in results.items() if r["status_5xx"]}
+    if bad:
+        print(
+            f"FAIL: 5xx responses under load: {bad}; first failures: {batched['first_failures']}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

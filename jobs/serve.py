@@ -1,0 +1,14 @@
+"""`ray job submit` entrypoint: `python jobs/serve.py --config jobs/configs/<run>.yaml [--set key=value ...]`.
+
+Same as `raystep serve`; runs from a plain checkout too (the repo root is put on sys.path).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from raystep.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["serve", *sys.argv[1:]]))

@@ -1,0 +1,98 @@
+"""Generate, then grade, on Ray Data: the streaming core shared by collect and rectify.
+
+Rows flow ``from_items -> engine (actor pool) -> compose (a stage's row function that builds the
+text to grade) -> GradeUDF (an actor that owns a ``raystep.grading.Grader``)`` and come back to the
+driver block by block as they finish, so a stage can commit complete units while the rest still runs.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from raystep.config import RunConfig
+from raystep.engines import build_generator
+
+GRADE_COLUMNS: tuple[str, ...] = ("pred", "correct", "grade_status", "grade_method", "grade_error")
+
+
+class GradeUDF:
+    """Ray Data class-based UDF: grades ``text_column`` against ``gold_column``.
+
+    The grader's math-verify workers are processes started inside the actor (math-verify's
+    ``signal.alarm`` timeouts do not work in an actor's threads). Rows whose generation failed are
+    marked ``grade_status = "error"`` without grading; a grader failure marks the batch's rows the same
+    way with ``grade_error`` set, so they are counted and never dropped.
+    """
+
+    def __init__(
+        self, text_column: str = "response", gold_column: str = "answer", workers: int = 1, timeout_s: float = 5.0
+    ):
+        from raystep.grading import Grader
+
+        self.text_column = text_column
+        self.gold_column = gold_column
+        self.grader = Grader(workers=workers, timeout_s=timeout_s)
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        return pa.Table.from_pylist(self.grade_rows(batch.to_pylist()))
+
+    def grade_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for row in rows:
+            row.update(pred=None, correct=False, grade_status="error", grade_method="none", grade_error=None)
+        todo = [r for r in rows if r.get("finish_reason") != "error"]
+        if not todo:
+            return rows
+        try:
+            verdicts = self.grader.grade([r[self.text_column] for r in todo], [r[self.gold_column] for r in todo])
+        except Exception:
+            message = traceback.format_exc(limit=3)
+            for row in todo:
+                row["grade_error"] = message
+            return rows
+        for row, verdict in zip(todo, verdicts):
+            row.update(
+                pred=verdict.pred,
+                correct=bool(verdict.correct),
+                grade_status=verdict.status,
+                grade_method=verdict.method,
+            )
+        return rows
+
+
+def generate_and_grade(
+    config: RunConfig,
+    rows: list[dict[str, Any]],
+    compose: Callable[[dict[str, Any]], dict[str, Any]],
+    *,
+    text_column: str = "response",
+    gold_column: str = "answer",
+    sampling: dict[str, Any] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield every input row, generated, composed and graded, as soon as its block is done.
+
+    ``rows`` follow the engine contract (``prompt``, ``sampling``) and carry ``gold_column``;
+    ``compose(row)`` runs after generation and must set ``text_column`` (the text to grade).
+    """
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    if not rows:
+        return
+    s = config.sampling
+    ds = ray.data.from_items(rows)
+    ds = build_generator(config, sampling)(ds)
+    ds = ds.map(compose)
+    ds = ds.map_batches(
+        GradeUDF,
+        fn_constructor_kwargs={"text_column": text_column, "gold_column": gold_column},
+        batch_size=max(s.batch_size, 16),
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=1),
+        num_cpus=1,
+    )
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        yield from batch.to_pylist()

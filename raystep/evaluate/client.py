@@ -1,0 +1,139 @@
+"""One request to an OpenAI-compatible endpoint, with bounded concurrency and retries.
+
+Every call returns a result dict, never raises for a request that failed: when retries run out the
+error text is kept in the row (``error``), so an evaluation never loses an item silently and a rerun
+can try it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from typing import Any
+
+import openai
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+MAX_BACKOFF_S = 30.0
+
+
+def api_key_from_env(env_name: str) -> str:
+    """The key named by the config (never stored in files); local servers accept any placeholder."""
+    return os.environ.get(env_name) or "EMPTY"
+
+
+def request_payload(item: dict[str, Any], model: str, api: str, sampling: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body of one request, shared by the async client and the Ray Data path."""
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": int(sampling["max_tokens"]),
+        "temperature": float(sampling["temperature"]),
+        "top_p": float(sampling["top_p"]),
+    }
+    if sampling.get("seed") is not None:
+        body["seed"] = int(sampling["seed"])
+    if api == "chat":
+        body["messages"] = item["messages"]
+    else:
+        body["prompt"] = item["prompt"]
+    return body
+
+
+def parse_response(api: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Text, token counts and finish reason from a response body (dict form of either API)."""
+    choices = data.get("choices") or []
+    if not choices:
+        raise ValueError(f"response has no choices: {str(data)[:200]}")
+    choice = choices[0]
+    if api == "chat":
+        text = (choice.get("message") or {}).get("content")
+    else:
+        text = choice.get("text")
+    if text is None:
+        raise ValueError(f"response choice has no text: {str(choice)[:200]}")
+    usage = data.get("usage") or {}
+    return {
+        "response": text,
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
+        "finish_reason": choice.get("finish_reason") or "",
+    }
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in RETRYABLE_STATUS
+    return False
+
+
+class EndpointClient:
+    """``openai.AsyncOpenAI`` behind a semaphore, with our own retry loop.
+
+    The SDK's retries are turned off so the attempts are counted in each row and the backoff follows
+    ``max_retries`` from the config exactly.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api: str = "completions",
+        api_key: str = "EMPTY",
+        concurrency: int = 16,
+        max_retries: int = 5,
+        timeout_s: float = 600.0,
+        backoff_s: float = 0.5,
+    ) -> None:
+        if api not in ("completions", "chat"):
+            raise ValueError(f"api must be 'completions' or 'chat', got {api!r}")
+        self.model = model
+        self.api = api
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s
+        )
+
+    async def _call(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.api == "chat":
+            resp = await self._client.chat.completions.create(**body)
+        else:
+            resp = await self._client.completions.create(**body)
+        return parse_response(self.api, resp.model_dump())
+
+    async def complete(self, item: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
+        """Send one item; the result carries the response or the last error, plus attempts and latency."""
+        body = request_payload(item, self.model, self.api, sampling)
+        error: str | None = None
+        async with self._semaphore:
+            start = time.perf_counter()
+            for attempt in range(self.max_retries + 1):
+                if attempt:
+                    delay = min(MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1))
+                    await asyncio.sleep(delay + random.uniform(0, self.backoff_s))
+                try:
+                    out = await self._call(body)
+                except Exception as exc:  # kept in the row: a failed request is never lost
+                    error = f"{type(exc).__name__}: {exc}"[:2000]
+                    if _retryable(exc):
+                        continue
+                    break
+                out.update(attempts=attempt + 1, latency_s=round(time.perf_counter() - start, 4), error=None)
+                return out
+            return {
+                "response": None,
+                "prompt_tokens": None,
+                "completion_tokens": None,
+                "finish_reason": "error",
+                "attempts": attempt + 1,
+                "latency_s": round(time.perf_counter() - start, 4),
+                "error": error,
+            }
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,616 @@
+"""Grading: pull the final answer out of a response and judge it against the gold answer.
+
+Extraction is plain Python (regexes and a brace scanner, linear in the text). Equivalence first tries
+cheap exact paths (normalised string equality, exact numbers) in the calling process, then hands the
+rest to ``math-verify`` in worker *processes*. math-verify's own timeouts use ``signal.alarm``, which
+only works in a process's main thread (not in Ray actors' threads or thread pools) and cannot interrupt
+a long C call such as a huge integer power. So each worker runs math-verify in its main thread with its
+own timeouts, and the parent enforces an outer per-item deadline: a stuck worker is killed and
+replaced, the item is graded wrong with status ``timeout`` and counted. Nothing ever hangs.
+
+Workers are plain subprocesses speaking JSON lines over pipes (``python -m raystep.grading --worker``):
+no fork of a threaded parent, nothing to pickle, safe to create inside a Ray actor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+METHODS = ("boxed", "answer_is", "gsm8k", "last_number", "none")
+STATUSES = ("ok", "timeout", "unparsable", "error")
+
+
+class GradingError(RuntimeError):
+    """The grader itself cannot work (workers do not start); a single bad answer never raises."""
+
+
+@dataclass
+class Verdict:
+    """One graded response. ``status`` other than ``ok`` is always graded wrong, and counted."""
+
+    correct: bool
+    pred: str | None
+    method: str
+    status: str
+    detail: str = ""
+    """Why a non-``ok`` status was given, or which path decided (``exact`` or ``math_verify``)."""
+    seconds: float = 0.0
+    """Time from handing the item to a worker to its verdict (0 on the exact path)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Answer extraction
+# ----------------------------------------------------------------------------------------------------
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOXED_SPACE = re.compile(r"\\boxed +([^\s$]+)")
+_ANSWER_IS = re.compile(r"[Tt]he (?:final |correct )?answer is\s*:?\s*")
+_GSM8K = re.compile(r"####\s*")
+_CALC = re.compile(r"<<[^<>\n]*>>")
+_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
+_MAX_BOXED_TRIES = 32
+_BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)
+
+
+def _closing_braces(text: str, start: int) -> dict[int, int]:
+    """Position of each ``{`` (from ``start`` on) -> its matching ``}``; one pass, escaped braces skipped."""
+    close_of: dict[int, int] = {}
+    stack: list[int] = []
+    for m in _BRACE_TOKEN.finditer(text, start):
+        token = m.group(0)
+        if token == "{":
+            stack.append(m.start())
+        elif token == "}":
+            if stack:
+                close_of[stack.pop()] = m.start()
+    return close_of
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) whose braces balance.
+
+    A truncated last box (the model ran out of tokens) does not count; an earlier complete one does.
+    Linear in the text, so an enormous response cannot stall the caller.
+    """
+    opens = [m.end() - 1 for m in _BOXED.finditer(text)][-_MAX_BOXED_TRIES:]
+    if opens:
+        close_of = _closing_braces(text, opens[0])
+        for pos in reversed(opens):
+            if pos in close_of:
+                return text[pos + 1 : close_of[pos]].strip()
+    spaced = list(_BOXED_SPACE.finditer(text))
+    if spaced:
+        return spaced[-1].group(1).strip()
+    return None
+
+
+def _rest_of_line(text: str, start: int) -> str:
+    end = text.find("\n", start)
+    return text[start : end if end >= 0 else len(text)]
+
+
+def _clean_tail(answer: str) -> str:
+    """Trim a sentence-style answer: what follows the sentence's end, final periods, enclosing ``$``."""
+    answer = re.split(r"\.\s", answer.strip(), maxsplit=1)[0].strip()
+    while answer.endswith("."):
+        answer = answer[:-1].rstrip()
+    if len(answer) >= 2 and answer.startswith("$") and answer.endswith("$"):
+        answer = answer.strip("$").strip()
+    return answer
+
+
+def extract_answer(text: str) -> tuple[str | None, str]:
+    """``(answer, method)``: the last balanced ``\\boxed{}``, else "The answer is ...", else GSM8K's
+    ``#### N``, else the last number (a fallback that callers count), else ``(None, "none")``."""
+    if not isinstance(text, str) or not text:
+        return None, "none"
+    boxed = last_boxed(text)
+    if boxed:
+        return boxed, "boxed"
+    matches = list(_ANSWER_IS.finditer(text))
+    for m in reversed(matches):
+        answer = _clean_tail(_rest_of_line(text, m.end()))
+        if answer:
+            return answer, "answer_is"
+    matches = list(_GSM8K.finditer(text))
+    for m in reversed(matches):
+        answer = _clean_tail(_rest_of_line(text, m.end())).replace(",", "")
+        if answer:
+            return answer, "gsm8k"
+    numbers = _NUMBER.findall(_CALC.sub("", text))
+    if numbers:
+        return numbers[-1].replace(",", ""), "last_number"
+    return None, "none"
+
+
+def gold_answer(dataset: str, raw: str) -> str:
+    """Normalise a gold answer: GSM8K ``... #### 1,234`` -> ``1234``; MATH-style text -> its last boxed
+    content when it is a whole solution, else the stripped text."""
+    raw = str(raw).strip()
+    name = dataset.lower()
+    if name.startswith("gsm8k") or "####" in raw:
+        tail = raw.rsplit("####", 1)[-1] if "####" in raw else raw
+        return tail.strip().replace(",", "")
+    if "\\boxed" in raw or "\\fbox" in raw:
+        boxed = last_boxed(raw)
+        if boxed:
+            return boxed
+    return raw
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fast exact paths (in the calling process; no sympy, bounded work)
+# ----------------------------------------------------------------------------------------------------
+
+_FAST_MAX_CHARS = 200
+_SPACING = re.compile(r"\\[!,;: ]|\\quad|\\qquad|\s+")
+_LEFT_RIGHT = re.compile(r"\\left|\\right")
+_FRAC = re.compile(r"^(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}$")
+_FRAC_SHORT = re.compile(r"^(-?)\\[dt]?frac(\d)(\d)$")
+_PLAIN_NUMBER = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)$")
+_SLASH = re.compile(r"^(-?\d+)/(\d+)$")
+_ASSIGNED = re.compile(r"^\s*[A-Za-z]\s*=\s*([^=<>]+)$")
+_WITH_UNIT = re.compile(r"^\\?\$?(-?\d[\d,]*(?:\.\d+)?)\s*(?:\\?%|[A-Za-z][A-Za-z .]*)?$")
+
+
+def _normalise(s: str) -> str:
+    s = s.strip()
+    if len(s) >= 2 and s.startswith("$") and s.endswith("$"):
+        s = s.strip("$")
+    s = s.replace("\\$", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = _LEFT_RIGHT.sub("", s)
+    s = _SPACING.sub("", s)
+    s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)
+    return s.rstrip(".")
+
+
+def _as_number(s: str) -> Fraction | None:
+    """An exact rational for plain numbers, ``a/b`` and ``\\frac{a}{b}``; None for anything else."""
+    if len(s) > 60:
+        return None
+    try:
+        if _PLAIN_NUMBER.match(s):
+            return Fraction(s)
+        m = _SLASH.match(s)
+        if m and int(m.group(2)) != 0:
+            return Fraction(int(m.group(1)), int(m.group(2)))
+        m = _FRAC.match(s) or _FRAC_SHORT.match(s)
+        if m and int(m.group(3)) != 0:
+            value = Fraction(int(m.group(2)), int(m.group(3)))
+            return -value if m.group(1) else value
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
+def fast_verdict(pred: str, gold: str) -> bool | None:
+    """True/False when exact string or number comparison settles it; None when math-verify must decide.
+
+    Unequal integers are conclusive; other unequal numbers are not (math-verify rounds floats).
+    """
+    if len(pred) > _FAST_MAX_CHARS or len(gold) > _FAST_MAX_CHARS:
+        return None
+    if "=" not in gold:
+        assigned = _ASSIGNED.match(pred)
+        if assigned:  # "x = 5" against "5": the value is what counts (math-verify agrees)
+            pred = assigned.group(1)
+    p, g = _normalise(pred), _normalise(gold)
+    if p and p == g:
+        return True
+    gn = _as_number(g)
+    if gn is None:
+        return None
+    pn = _as_number(p)
+    if pn is None:
+        m = _WITH_UNIT.match(pred.strip())
+        if m:
+            pn = _as_number(m.group(1).replace(",", ""))
+    if pn is None:
+        return None
+    if pn == gn:
+        return True
+    if pn.denominator == 1 and gn.denominator == 1:
+        return False
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# The worker process
+# ----------------------------------------------------------------------------------------------------
+
+
+def _wrap(answer: str) -> str:
+    """math-verify finds answers inside math delimiters; a bare answer is wrapped in ``$...$``."""
+    s = answer.strip()
+    if s.startswith("$") or s.startswith("\\(") or s.startswith("\\["):
+        return s
+    return f"${s}$"
+
+
+def _worker_main(inner_timeout: int, max_memory_mb: int) -> None:
+    """Read ``{"i", "pred", "gold"}`` lines, write ``{"i", "correct", "status", "detail"}`` lines."""
+    import logging
+
+    if max_memory_mb > 0:
+        try:
+            import resource
+
+            limit = max_memory_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        except (ImportError, ValueError, OSError):
+            pass
+
+    from math_verify import parse, verify
+
+    timeouts: list[str] = []
+
+    class _TimeoutLog(logging.Handler):
+        """math-verify swallows its own timeouts into a log line; catch that line to count them."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Timeout"):
+                timeouts.append(record.name)
+
+    for name in ("math_verify.parser", "math_verify.grader"):
+        lg = logging.getLogger(name)
+        lg.addHandler(_TimeoutLog())
+        lg.propagate = False
+        lg.setLevel(logging.WARNING)
+
+    out = sys.stdout
+    out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        timeouts.clear()
+        status, correct, detail = "ok", False, "math_verify"
+        try:
+            gold = parse(_wrap(req["gold"]), parsing_timeout=inner_timeout)
+            if timeouts:
+                status, detail = "timeout", "parsing the gold timed out"
+            elif not gold:
+                status, detail = "error", "math-verify cannot parse the gold answer"
+            else:
+                pred = parse(_wrap(req["pred"]), parsing_timeout=inner_timeout)
+                if timeouts:
+                    status, detail = "timeout", "parsing the answer timed out"
+                elif not pred:
+                    status, detail = "unparsable", "math-verify cannot parse the answer"
+                else:
+                    correct = bool(verify(gold, pred, timeout_seconds=inner_timeout))
+                    if timeouts and not correct:
+                        status, detail = "timeout", "comparison timed out"
+        except MemoryError:
+            status, correct, detail = "error", False, "out of memory"
+        except RecursionError:
+            status, correct, detail = "unparsable", False, "nesting too deep"
+        except Exception as exc:  # noqa: BLE001 - any failure of one item is that item's verdict
+            status, correct, detail = "error", False, f"{type(exc).__name__}: {exc}"[:300]
+        out.write(json.dumps({"i": req["i"], "correct": correct, "status": status, "detail": detail}) + "\n")
+        out.flush()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The parent side
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Worker:
+    proc: subprocess.Popen[bytes]
+    started: float
+    ready: bool = False
+    item: int | None = None
+    deadline: float = 0.0
+    buf: bytearray = field(default_factory=bytearray)
+
+
+class Grader:
+    """Grades responses against golds with math-verify in ``workers`` processes.
+
+    ``timeout_s`` is the hard limit for one item once a worker takes it; math-verify's own per-call
+    timeouts are set to about a third of it so that most slow items end inside the worker, which then
+    lives on (``inner_timeout_s`` sets them; whole seconds, as ``signal.alarm`` takes). ``fast_path=False`` sends every answer to math-verify (to measure or test it alone).
+    Use as a context manager, or call ``close()``.
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        timeout_s: float = 5.0,
+        max_answer_chars: int = 100_000,
+        max_memory_mb: int = 4096,
+        startup_timeout_s: float = 120.0,
+        progress: bool = False,
+        fast_path: bool = True,
+        inner_timeout_s: int | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        self.workers = workers
+        self.timeout_s = float(timeout_s)
+        self.inner_timeout = inner_timeout_s if inner_timeout_s is not None else max(1, int(timeout_s // 3))
+        self.max_answer_chars = max_answer_chars
+        self.max_memory_mb = max_memory_mb
+        self.startup_timeout_s = startup_timeout_s
+        self.progress = progress
+        self.fast_path = fast_path
+        self.stats: dict[str, int] = {
+            "graded": 0,
+            "fast_path": 0,
+            "math_verify": 0,
+            "restarts": 0,
+            **{s: 0 for s in STATUSES},
+            **{f"method_{m}": 0 for m in METHODS},
+        }
+        self._pool: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> Grader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def close(self) -> None:
+        """Stop every worker (EOF on stdin, then kill what is left)."""
+        self._closed = True
+        pool, self._pool = self._pool, []
+        for w in pool:
+            try:
+                if w.proc.stdin:
+                    w.proc.stdin.close()
+            except OSError:
+                pass
+        for w in pool:
+            try:
+                w.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+            if w.proc.stdout:
+                w.proc.stdout.close()
+
+    def _spawn(self) -> _Worker:
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.setdefault("OMP_NUM_THREADS", "1")
+        cmd = [
+            sys.executable,
+            "-u",
+            "-m",
+            "raystep.grading",
+            "--worker",
+            str(self.inner_timeout),
+            str(self.max_memory_mb),
+        ]
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+        )
+        os.set_blocking(proc.stdout.fileno(), False)  # type: ignore[union-attr]
+        return _Worker(proc=proc, started=time.monotonic())
+
+    def _kill(self, w: _Worker) -> None:
+        w.proc.kill()
+        w.proc.wait()
+        for pipe in (w.proc.stdin, w.proc.stdout):
+            try:
+                if pipe:
+                    pipe.close()
+            except OSError:
+                pass
+
+    def _replace(self, w: _Worker) -> None:
+        self._kill(w)
+        self._pool[self._pool.index(w)] = self._spawn()
+        self.stats["restarts"] += 1
+
+    # -- grading -----------------------------------------------------------------------------------
+
+    def grade(self, responses: list[str], golds: list[str]) -> list[Verdict]:
+        """One verdict per response, in order. Never raises for a bad answer; never hangs."""
+        if len(responses) != len(golds):
+            raise ValueError(f"{len(responses)} responses but {len(golds)} golds")
+        with self._lock:
+            if self._closed:
+                raise GradingError("this Grader is closed")
+            verdicts: list[Verdict | None] = [None] * len(responses)
+            todo: deque[tuple[int, str, str]] = deque()
+            preds: list[tuple[str | None, str]] = []
+            for i, (response, gold) in enumerate(zip(responses, golds, strict=True)):
+                pred, method = extract_answer(response)
+                preds.append((pred, method))
+                gold = str(gold)
+                if pred is None:
+                    verdicts[i] = Verdict(False, None, method, "unparsable", "no answer found")
+                elif len(pred) > self.max_answer_chars:
+                    verdicts[i] = Verdict(False, pred[:200], method, "unparsable", "answer too long")
+                else:
+                    fast = fast_verdict(pred, gold) if self.fast_path else None
+                    if fast is not None:
+                        verdicts[i] = Verdict(fast, pred, method, "ok", "exact")
+                        self.stats["fast_path"] += 1
+                    else:
+                        todo.append((i, pred, gold))
+            if todo:
+                self._run_workers(todo, preds, verdicts)
+            out = [v for v in verdicts if v is not None]
+            assert len(out) == len(responses)
+            for v in out:
+                self.stats["graded"] += 1
+                self.stats[v.status] += 1
+                self.stats[f"method_{v.method}"] += 1
+            return out
+
+    def _run_workers(
+        self,
+        todo: deque[tuple[int, str, str]],
+        preds: list[tuple[str | None, str]],
+        verdicts: list[Verdict | None],
+    ) -> None:
+        while len(self._pool) < self.workers:
+            self._pool.append(self._spawn())
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc="grading", unit="ans")
+        remaining = len(todo)
+        sel = selectors.DefaultSelector()
+        try:
+            while remaining:
+                now = time.monotonic()
+                for w in self._pool:
+                    if w.ready and w.item is None and todo:
+                        i, pred, gold = todo.popleft()
+                        w.item, w.deadline = i, time.monotonic() + self.timeout_s
+                        try:
+                            assert w.proc.stdin is not None
+                            w.proc.stdin.write(
+                                (json.dumps({"i": i, "pred": pred, "gold": gold}) + "\n").encode()
+                            )
+                            w.proc.stdin.flush()
+                        except (BrokenPipeError, OSError):
+                            todo.appendleft((i, pred, gold))
+                            w.item = None
+                            self._replace(w)
+                waits = []
+                for w in self._pool:
+                    if w.item is not None:
+                        waits.append(w.deadline)
+                    elif not w.ready:
+                        waits.append(w.started + self.startup_timeout_s)
+                timeout = max(0.0, min(waits) - now) if waits else 0.05
+                for w in self._pool:
+                    if w.item is not None or not w.ready:
+                        assert w.proc.stdout is not None
+                        sel.register(w.proc.stdout, selectors.EVENT_READ, w)
+                events = sel.select(timeout)
+                for key in list(sel.get_map().values()):
+                    sel.unregister(key.fileobj)
+                for key, _ in events:
+                    w = key.data
+                    done = self._read(w, preds, verdicts)
+                    remaining -= done
+                    if bar is not None and done:
+                        bar.update(done)
+                now = time.monotonic()
+                for w in list(self._pool):
+                    if w.item is not None and now >= w.deadline:
+                        i = w.item
+                        pred, method = preds[i]
+                        verdicts[i] = Verdict(
+                            False,
+                            pred,
+                            method,
+                            "timeout",
+                            f"no verdict within {self.timeout_s}s",
+                            self._elapsed(w),
+                        )
+                        self.stats["math_verify"] += 1
+                        remaining -= 1
+                        if bar is not None:
+                            bar.update(1)
+                        self._replace(w)
+                    elif not w.ready and now >= w.started + self.startup_timeout_s:
+                        self._kill(w)
+                        raise GradingError(
+                            f"a grading worker did not start within {self.startup_timeout_s}s "
+                            f"({sys.executable} -m raystep.grading --worker)"
+                        )
+        finally:
+            sel.close()
+            if bar is not None:
+                bar.close()
+
+    def _elapsed(self, w: _Worker) -> float:
+        return round(time.monotonic() - (w.deadline - self.timeout_s), 4)
+
+    def _read(self, w: _Worker, preds: list[tuple[str | None, str]], verdicts: list[Verdict | None]) -> int:
+        """Consume what a worker wrote; returns how many items it finished. A dead worker is replaced."""
+        assert w.proc.stdout is not None
+        try:
+            chunk = os.read(w.proc.stdout.fileno(), 1 << 16)
+        except BlockingIOError:
+            return 0
+        if not chunk:  # the worker died (for example killed for memory)
+            done = 0
+            if w.item is not None:
+                i = w.item
+                pred, method = preds[i]
+                verdicts[i] = Verdict(
+                    False, pred, method, "error", f"worker exited ({w.proc.poll()})", self._elapsed(w)
+                )
+                self.stats["math_verify"] += 1
+                done = 1
+            elif not w.ready:
+                self._kill(w)
+                raise GradingError("a grading worker exited at start (is math-verify installed?)")
+            self._replace(w)
+            return done
+        w.buf.extend(chunk)
+        done = 0
+        while b"\n" in w.buf:
+            line, _, rest = bytes(w.buf).partition(b"\n")
+            w.buf = bytearray(rest)
+            msg = json.loads(line)
+            if msg.get("ready"):
+                w.ready = True
+                continue
+            i = msg["i"]
+            if w.item != i:
+                continue  # a late answer for an item already timed out; cannot happen after a kill
+            pred, method = preds[i]
+            correct = bool(msg["correct"]) and msg["status"] == "ok"
+            verdicts[i] = Verdict(correct, pred, method, msg["status"], msg["detail"], self._elapsed(w))
+            self.stats["math_verify"] += 1
+            w.item = None
+            done += 1
+        return done
+
+
+def grade_responses(
+    responses: list[str], golds: list[str], workers: int = 2, timeout_s: float = 5.0
+) -> list[Verdict]:
+    """One-shot grading: start workers, grade, stop them."""
+    with Grader(workers=workers, timeout_s=timeout_s) as grader:
+        return grader.grade(responses, golds)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "--worker":
+        _worker_main(
+            int(sys.argv[2]) if len(sys.argv) > 2 else 2, int(sys.argv[3]) if len(sys.argv) > 3 else 0
+        )
+    else:
+        print("usage: python -m raystep.grading --worker [inner_timeout_s] [max_memory_mb]", file=sys.stderr)
+        sys.exit(2)

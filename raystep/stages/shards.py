@@ -1,0 +1,235 @@
+"""Resume machinery shared by the stages: Parquet shards that hold only complete units.
+
+A stage processes fixed *units* (a problem for collect, a localized sample for rectify). Rows stream
+out of Ray Data in any order; ``UnitBuffer`` groups them per unit and, once ``units_per_shard`` units
+are complete, ``ShardSet.write`` commits them as one ``part-NNNNN.parquet``. The list of units a shard
+completes is stored in the shard's own Parquet metadata, and the shard appears by an atomic rename, so
+a shard on disk is always whole and self-describing (a unit that produced no rows is still recorded).
+A rerun asks ``ShardSet.done_units()`` and skips those units: a stage killed midway and rerun ends
+with exactly the rows of an uninterrupted run.
+
+Usage::
+
+    shards = ShardSet(run.stage("samples"), schema=records.SAMPLE_FIELDS)
+    todo = [p for p in problems if p["id"] not in shards.done_units()]
+    buffer = UnitBuffer(shards, expected={p["id"]: n for p in todo}, key="id", units_per_shard=64)
+    for row in stream:  # rows of todo units, any order
+        buffer.add(row)
+    buffer.close()      # flushes the rest; raises if a unit never completed
+    rows = shards.rows()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raystep.records import FieldSpec, RowError, check_row
+
+UNITS_KEY = b"raystep.units"
+_SHARD = re.compile(r"^part-(\d{5,})\.parquet$")
+
+FAIL_AFTER_ENV = "RAYSTEP_FAIL_AFTER_SHARDS"
+"""Fault injection for resume tests: ``K`` or ``<folder name>:K``: fail right after the K-th shard one
+``ShardSet`` writes (in any folder, or only in the folder with that name)."""
+FAIL_MODE_ENV = "RAYSTEP_FAIL_MODE"
+"""``raise`` (default: an ``InjectedFailure`` exception) or ``kill`` (SIGKILL this process)."""
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the ``RAYSTEP_FAIL_AFTER_SHARDS`` fault injection (tests of resume only)."""
+
+
+class IncompleteUnitsError(RuntimeError):
+    """The stream ended while some units had not received all their rows."""
+
+
+def arrow_schema(spec: FieldSpec) -> pa.Schema:
+    """An Arrow schema for a field spec: used for shards of units that produced no rows."""
+    fields = []
+    for name, (types, _required) in spec.items():
+        if bool in types:
+            typ = pa.bool_()
+        elif float in types:
+            typ = pa.float64()
+        elif int in types:
+            typ = pa.int64()
+        elif list in types:
+            typ = pa.list_(pa.string())
+        else:
+            typ = pa.string()
+        fields.append(pa.field(name, typ))
+    return pa.schema(fields)
+
+
+class ShardSet:
+    """The ``part-NNNNN.parquet`` shards of one stage folder."""
+
+    def __init__(
+        self, folder: str | os.PathLike[str], schema: FieldSpec | None = None, kind: str | None = None
+    ):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.kind = kind
+        self.written_here = 0
+        for stale in self.folder.glob("*.tmp"):
+            stale.unlink()  # a write interrupted before its rename: never committed
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if _SHARD.match(p.name))
+
+    @staticmethod
+    def units_of(path: Path) -> list[str]:
+        meta = pq.read_schema(path).metadata or {}
+        if UNITS_KEY not in meta:
+            raise RowError(
+                f"{path}: shard has no '{UNITS_KEY.decode()}' metadata; not written by raystep shards"
+            )
+        return list(json.loads(meta[UNITS_KEY]))
+
+    def done_units(self) -> set[str]:
+        """Units completed by the shards on disk."""
+        return {u for f in self.files() for u in self.units_of(f)}
+
+    def next_index(self) -> int:
+        files = self.files()
+        return int(_SHARD.match(files[-1].name).group(1)) + 1 if files else 0  # type: ignore[union-attr]
+
+    def write(self, rows: list[dict[str, Any]], units: Iterable[str]) -> Path:
+        """Commit ``rows`` (all rows of ``units``, nothing else) as the next shard, atomically."""
+        units = list(units)
+        if rows:
+            table = self._conform(pa.Table.from_pylist(rows))
+        elif self.schema is not None:
+            table = arrow_schema(self.schema).empty_table()
+        else:
+            table = pa.table({})
+        meta = dict(table.schema.metadata or {})
+        meta[UNITS_KEY] = json.dumps(units).encode()
+        table = table.replace_schema_metadata(meta)
+        path = self.folder / f"part-{self.next_index():05d}.parquet"
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        self.written_here += 1
+        _maybe_fail(self.folder.name, self.written_here)
+        return path
+
+    def _conform(self, table: pa.Table) -> pa.Table:
+        """Give the spec's columns their declared types (an all-None column would infer ``null``),
+        so every shard of a folder shares one schema and Ray Data can read the folder as one."""
+        if self.schema is None:
+            return table
+        target = arrow_schema(self.schema)
+        for field in target:
+            if field.name not in table.column_names:
+                table = table.append_column(field, pa.nulls(len(table), field.type))
+            elif table.schema.field(field.name).type != field.type:
+                index = table.column_names.index(field.name)
+                table = table.set_column(index, field, table.column(field.name).cast(field.type))
+        return table
+
+    def rows(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Every row of every shard, in shard order; validated against ``kind`` when given."""
+        kind = kind or self.kind
+        out: list[dict[str, Any]] = []
+        for f in self.files():
+            for i, row in enumerate(pq.read_table(f).to_pylist(), start=1):
+                if kind is not None:
+                    try:
+                        check_row(row, kind)
+                    except ValueError as exc:
+                        raise RowError(f"{f}:row {i}: {exc}") from None
+                out.append(row)
+        return out
+
+    def count_rows(self) -> int:
+        return sum(pq.read_metadata(f).num_rows for f in self.files())
+
+
+def _maybe_fail(folder: str, written: int) -> None:
+    spec = os.environ.get(FAIL_AFTER_ENV, "").strip()
+    if not spec:
+        return
+    target, _, limit = spec.rpartition(":")
+    if (target and target != folder) or written != int(limit):
+        return
+    if os.environ.get(FAIL_MODE_ENV, "raise") == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise InjectedFailure(f"{FAIL_AFTER_ENV}={limit}: failing after shard {written} of {folder}/, as asked")
+
+
+class UnitBuffer:
+    """Groups streamed rows by unit and writes complete units to a ``ShardSet``.
+
+    ``expected`` maps each pending unit to how many rows it will receive (a unit expecting 0 is
+    complete at once). ``finalize(unit, rows) -> rows`` may transform a complete unit's rows (sort,
+    aggregate, filter) before they are buffered for the shard. ``on_unit(unit, rows)`` is called
+    after, e.g. to advance a progress bar or update counters.
+    """
+
+    def __init__(
+        self,
+        shards: ShardSet,
+        expected: dict[str, int],
+        key: str | Callable[[dict[str, Any]], str],
+        units_per_shard: int,
+        finalize: Callable[[str, list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+        on_unit: Callable[[str, list[dict[str, Any]]], None] | None = None,
+    ):
+        self.shards = shards
+        self.expected = dict(expected)
+        self.key = key if callable(key) else (lambda row, _k=key: str(row[_k]))
+        self.units_per_shard = units_per_shard
+        self.finalize = finalize
+        self.on_unit = on_unit
+        self.partial: dict[str, list[dict[str, Any]]] = {}
+        self.ready_units: list[str] = []
+        self.ready_rows: list[dict[str, Any]] = []
+        self.shards_written: list[Path] = []
+        for unit in [u for u, n in self.expected.items() if n == 0]:
+            self._complete(unit, [])
+
+    def add(self, row: dict[str, Any]) -> None:
+        unit = self.key(row)
+        if unit not in self.expected:
+            raise KeyError(f"row for unit {unit!r}, which is not pending (done already or unknown)")
+        rows = self.partial.setdefault(unit, [])
+        rows.append(row)
+        if len(rows) > self.expected[unit]:
+            raise RuntimeError(f"unit {unit!r} got {len(rows)} rows, expected {self.expected[unit]}")
+        if len(rows) == self.expected[unit]:
+            self._complete(unit, self.partial.pop(unit))
+
+    def _complete(self, unit: str, rows: list[dict[str, Any]]) -> None:
+        del self.expected[unit]
+        if self.finalize is not None:
+            rows = self.finalize(unit, rows)
+        self.ready_units.append(unit)
+        self.ready_rows.extend(rows)
+        if self.on_unit is not None:
+            self.on_unit(unit, rows)
+        if len(self.ready_units) >= self.units_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.ready_units:
+            self.shards_written.append(self.shards.write(self.ready_rows, self.ready_units))
+            self.ready_units, self.ready_rows = [], []
+
+    def close(self) -> None:
+        """Write what is left; raise when a unit never got all its rows (rows were lost upstream)."""
+        self.flush()
+        missing = {u: (len(self.partial.get(u, [])), n) for u, n in self.expected.items()}
+        if missing:
+            sample = dict(list(missing.items())[:5])
+            raise IncompleteUnitsError(f"{len(missing)} unit(s) incomplete (got, expected): {sample}")

@@ -1,0 +1,302 @@
+"""The built-in arithmetic world: seeded multi-step word problems whose every step can be checked exactly.
+
+A problem is a chain: a starting amount, then one event per step (buys / finds more, gives away / loses,
+has n times as many, keeps one of n equal groups). Its worked solution states one computation per step
+in Step-DPO's format (``Step k: ... a op b = c items.``) and ends with ``The answer is \\boxed{N}.``, so
+``raystep.synth.verify`` can find the first wrong step of any solution and the demo can run the whole
+Step-DPO loop without a judge, a GPU or a download.
+
+Problems are split three ways by a hash of the question text (``sft`` for the policy's warm-up,
+``train`` for collecting pairs, ``test`` held out for evaluation), so the splits never share a question
+whatever the seeds and sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from raystep.config import DataConfig
+
+Split = Literal["sft", "train", "test"]
+SPLIT_BUCKETS: dict[str, frozenset[int]] = {
+    "test": frozenset({0}),
+    "train": frozenset({1, 2, 3}),
+    "sft": frozenset({4, 5, 6, 7, 8, 9}),
+}
+"""Question-hash buckets (mod 10) of each split: disjoint by construction."""
+
+OPERATORS = ("+", "-", "*", "/")
+NAMES = (
+    ("Ann", "She"),
+    ("Ben", "He"),
+    ("Cara", "She"),
+    ("Dan", "He"),
+    ("Eva", "She"),
+    ("Finn", "He"),
+    ("Gina", "She"),
+    ("Hugo", "He"),
+    ("Ivy", "She"),
+    ("Jack", "He"),
+    ("Kate", "She"),
+    ("Leo", "He"),
+)
+ITEMS = ("apples", "pens", "coins", "cards", "books", "shells", "stamps", "marbles", "beads", "stickers")
+
+# One question sentence and one solution phrase per event; ``{n}`` is the event's number.
+EVENTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "+": (("buys {n} more", "buys {n} more"), ("finds {n} more", "finds {n} more"), ("gets {n} more", "gets {n} more")),
+    "-": (("gives away {n}", "gives away {n}"), ("loses {n}", "loses {n}"), ("sells {n}", "sells {n}")),
+    "*": (("now has {n} times as many", "has {n} times as many"),),
+    "/": (("splits them into {n} equal groups and keeps one", "keeps one of {n} groups"),),
+}
+EVENT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile("^(?:He|She) " + re.escape(q).replace(r"\{n\}", r"(\d+)") + r"\.$"), op)
+    for op, variants in EVENTS.items()
+    for q, _ in variants
+)
+START_PATTERN = re.compile(r"^([A-Z][a-z]+) has (\d+) ([a-z]+)\.$")
+ASK_PATTERN = re.compile(r"^How many ([a-z]+) does ([A-Z][a-z]+) have now\?$")
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """The world's knobs: chain length, operand sizes, operators."""
+
+    min_steps: int = 2
+    max_steps: int = 3
+    min_operand: int = 2
+    max_operand: int = 20
+    max_factor: int = 4
+    """Largest multiplier / divisor for ``*`` and ``/``."""
+    max_value: int = 150
+    """Running amounts stay in ``[1, max_value]``: small numbers keep a tiny model's arithmetic learnable."""
+    operators: tuple[str, ...] = ("+", "-", "*")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_steps <= self.max_steps:
+            raise ValueError(f"need 1 <= min_steps <= max_steps, got {self.min_steps}, {self.max_steps}")
+        if not 1 <= self.min_operand <= self.max_operand:
+            raise ValueError(f"need 1 <= min_operand <= max_operand, got {self.min_operand}, {self.max_operand}")
+        if self.max_factor < 2:
+            raise ValueError(f"max_factor must be >= 2, got {self.max_factor}")
+        if self.max_value < 2 * self.max_operand:
+            raise ValueError(f"max_value ({self.max_value}) must be >= 2 * max_operand ({self.max_operand})")
+        bad = [op for op in self.operators if op not in OPERATORS]
+        if bad or not self.operators:
+            raise ValueError(f"operators must be a non-empty subset of {OPERATORS}, got {self.operators}")
+
+
+@dataclass(frozen=True)
+class Event:
+    op: str
+    n: int
+    variant: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One chain problem; everything else (question, solution, answer) is derived from it."""
+
+    name: str
+    pronoun: str
+    items: str
+    start: int
+    events: tuple[Event, ...] = field(default_factory=tuple)
+
+    def values(self) -> list[int]:
+        """The running amount before the first event and after each one."""
+        out = [self.start]
+        for e in self.events:
+            out.append(apply_op(out[-1], e.op, e.n))
+        return out
+
+    @property
+    def answer(self) -> int:
+        return self.values()[-1]
+
+    @property
+    def question(self) -> str:
+        parts = [f"{self.name} has {self.start} {self.items}."]
+        parts += [f"{self.pronoun} {EVENTS[e.op][e.variant][0].format(n=e.n)}." for e in self.events]
+        parts.append(f"How many {self.items} does {self.name} have now?")
+        return " ".join(parts)
+
+
+def apply_op(a: int, op: str, b: int) -> int:
+    """Exact integer arithmetic; ``/`` must divide evenly."""
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    if op == "/":
+        if b == 0 or a % b:
+            raise ValueError(f"{a} / {b} is not an exact division")
+        return a // b
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def step_text(problem: Problem, k: int, a: int, op: str, b: int, c: int) -> str:
+    """Step k's body (after ``Step k:``): the event in words, then the one computation it states."""
+    e = problem.events[k - 1]
+    words = EVENTS[e.op][e.variant][1].format(n=e.n)
+    return f" {problem.pronoun} {words}, so {problem.pronoun.lower()} has {a} {op} {b} = {c} {problem.items}."
+
+
+def answer_line(value: int) -> str:
+    return f"The answer is \\boxed{{{value}}}."
+
+
+def solution(problem: Problem) -> str:
+    """The correct worked solution: ``Step 1: ...\\nStep 2: ...\\nThe answer is \\boxed{N}.``"""
+    vals = problem.values()
+    lines = [
+        f"Step {k}:" + step_text(problem, k, vals[k - 1], e.op, e.n, vals[k]) for k, e in enumerate(problem.events, 1)
+    ]
+    return "\n".join(lines) + "\n" + answer_line(vals[-1])
+
+
+MISTAKES = ("arithmetic", "operator", "operand")
+"""Plausible slips a solver makes: a miscomputed result (off by 1, 2 or 10), the wrong operation for the
+event, or a wrong number (another number of the question, or the right one off by one)."""
+
+_WRONG_OP = {"+": "-", "-": "+", "*": "+", "/": "*"}
+
+
+def solution_with_mistake(problem: Problem, k: int, kind: str, rng: random.Random) -> str:
+    """A worked solution whose step ``k`` (1-based) makes mistake ``kind``; later steps carry on correctly
+    from the wrong amount, as a real solver would, so the final answer is (almost always) wrong too."""
+    if not 1 <= k <= len(problem.events):
+        raise ValueError(f"step {k} is outside 1..{len(problem.events)}")
+    if kind not in MISTAKES:
+        raise ValueError(f"unknown mistake {kind!r}; known: {', '.join(MISTAKES)}")
+    value = problem.start
+    lines = []
+    for i, e in enumerate(problem.events, 1):
+        a, op, b = value, e.op, e.n
+        if i == k and kind == "operator":
+            op = _WRONG_OP[e.op]
+        if i == k and kind == "operand":
+            others = {num for num in [problem.start, *(x.n for x in problem.events), e.n - 1, e.n + 1] if num > 0}
+            others.discard(e.n)
+            b = rng.choice(sorted(others))
+        c = _loose_op(a, op, b)
+        if i == k and kind == "arithmetic":
+            c += rng.choice((-10, -2, -1, 1, 2, 10))
+        lines.append(f"Step {i}:" + step_text(problem, i, a, op, b, c))
+        value = c
+    return "\n".join(lines) + "\n" + answer_line(value)
+
+
+def _loose_op(a: int, op: str, b: int) -> int:
+    """Like ``apply_op`` but a non-exact division rounds down (a continuation after a slip may hit one)."""
+    return a // b if op == "/" and b else apply_op(a, op, b)
+
+
+def _bucket(question: str) -> int:
+    return int(hashlib.sha1(question.encode()).hexdigest()[:8], 16) % 10
+
+
+def _pick_event(rng: random.Random, spec: WorldSpec, value: int) -> Event | None:
+    ops = list(spec.operators)
+    rng.shuffle(ops)
+    for op in ops:
+        variant = rng.randrange(len(EVENTS[op]))
+        if op == "+" and value + spec.min_operand <= spec.max_value:
+            return Event(op, rng.randint(spec.min_operand, min(spec.max_operand, spec.max_value - value)), variant)
+        if op == "-" and value - spec.min_operand >= 1:
+            return Event(op, rng.randint(spec.min_operand, min(spec.max_operand, value - 1)), variant)
+        if op == "*" and value * 2 <= spec.max_value:
+            return Event(op, rng.randint(2, min(spec.max_factor, spec.max_value // value)), variant)
+        if op == "/":
+            divisors = [d for d in range(2, spec.max_factor + 1) if value % d == 0 and value // d >= 1]
+            if divisors:
+                return Event(op, rng.choice(divisors), variant)
+    return None
+
+
+def sample_problem(rng: random.Random, spec: WorldSpec) -> Problem:
+    """One random chain; an event that cannot keep the amount in range is drawn again."""
+    while True:
+        name, pronoun = rng.choice(NAMES)
+        items = rng.choice(ITEMS)
+        start = rng.randint(spec.min_operand, spec.max_operand)
+        events: list[Event] = []
+        value = start
+        for _ in range(rng.randint(spec.min_steps, spec.max_steps)):
+            event = _pick_event(rng, spec, value)
+            if event is None:
+                break
+            events.append(event)
+            value = apply_op(value, event.op, event.n)
+        else:
+            return Problem(name, pronoun, items, start, tuple(events))
+
+
+def generate(spec: WorldSpec, count: int, seed: int = 0, split: Split = "train") -> list[Problem]:
+    """``count`` distinct problems of ``split``; the same (spec, count, seed, split) gives the same list."""
+    if split not in SPLIT_BUCKETS:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLIT_BUCKETS)}")
+    rng = random.Random(f"raystep-synth:{seed}:{split}")
+    buckets = SPLIT_BUCKETS[split]
+    seen: set[str] = set()
+    out: list[Problem] = []
+    attempts = 0
+    while len(out) < count:
+        attempts += 1
+        if attempts > 200 * count + 10_000:
+            raise ValueError(
+                f"the world is too small for {count} distinct {split!r} problems (got {len(out)}): "
+                "widen the operand range or the number of steps"
+            )
+        p = sample_problem(rng, spec)
+        q = p.question
+        if q in seen or _bucket(q) not in buckets:
+            continue
+        seen.add(q)
+        out.append(p)
+    return out
+
+
+def problem_row(p: Problem, split: str, index: int, seed: int) -> dict:
+    """The pipeline's problem row: ``id, dataset="synth", question, answer`` plus the worked solution."""
+    return {
+        "id": f"synth-{split}-{seed}-{index:05d}",
+        "dataset": "synth",
+        "question": p.question,
+        "answer": str(p.answer),
+        "solution": solution(p),
+        "level": len(p.events),
+    }
+
+
+def spec_from_config(data: DataConfig) -> WorldSpec:
+    s = data.synth
+    return WorldSpec(
+        min_steps=s.min_steps,
+        max_steps=s.max_steps,
+        min_operand=s.min_operand,
+        max_operand=s.max_operand,
+        max_factor=s.max_factor,
+        max_value=s.max_value,
+        operators=tuple(s.operators),
+    )
+
+
+def load_problems(data: DataConfig) -> list[dict]:
+    """Problem rows for ``data.source: synth``: ``data.split`` (sft | train | test), ``data.synth`` knobs.
+
+    ``data.limit`` caps the count (default ``data.synth.num_problems``).
+    """
+    split = data.split if data.split in SPLIT_BUCKETS else None
+    if split is None:
+        raise ValueError(f"data.split for source 'synth' must be one of {', '.join(SPLIT_BUCKETS)}, got {data.split!r}")
+    count = data.limit or data.synth.num_problems
+    seed = data.synth.seed
+    return [problem_row(p, split, i, seed) for i, p in enumerate(generate(spec_from_config(data), count, seed, split))]

@@ -1,0 +1,143 @@
+"""Per-step training metrics: throughput, MFU, the step log, and loss / margin plots.
+
+``train/metrics.jsonl`` is the step log: one row per optimizer step, written by rank 0. When a run
+resumes from a checkpoint at step ``s`` the rows after ``s`` (work that the checkpoint does not hold) are
+dropped first, so the final log has every step exactly once; ``train/events.jsonl`` records each start
+and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from raystep.records import append_jsonl, read_jsonl, write_jsonl
+
+# Dense bf16 peak FLOP/s per device (no sparsity), by a substring of the CUDA device name.
+PEAK_BF16_FLOPS: dict[str, float] = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "H800": 989e12,
+    "A100": 312e12,
+    "A800": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "L4": 121e12,
+}
+
+
+def peak_flops(device_name: str) -> float | None:
+    for key, value in PEAK_BF16_FLOPS.items():
+        if key in device_name:
+            return value
+    return None
+
+
+def train_flops(num_params: int, tokens: int, backward: bool = True) -> float:
+    """The usual ``6 N T`` estimate (``2 N T`` for a forward only); attention FLOPs are left out."""
+    return (6 if backward else 2) * num_params * tokens
+
+
+def mfu(num_params: int, tokens: int, seconds: float, device_name: str, num_devices: int = 1) -> float | None:
+    """Model FLOPs utilisation on GPUs with a known peak; None elsewhere (CPU has no meaningful peak here)."""
+    peak = peak_flops(device_name)
+    if peak is None or seconds <= 0:
+        return None
+    return train_flops(num_params, tokens) / seconds / (peak * num_devices)
+
+
+class StepLog:
+    """Rank 0's view of ``metrics.jsonl`` and ``events.jsonl`` in the run's ``train/`` folder."""
+
+    def __init__(self, folder: str | os.PathLike[str]):
+        self.folder = Path(folder)
+        self.metrics_path = self.folder / "metrics.jsonl"
+        self.events_path = self.folder / "events.jsonl"
+
+    def start(self, resumed_from_step: int, total_steps: int) -> None:
+        """Drop step rows beyond the checkpoint, then record the (re)start."""
+        kept = 0
+        if self.metrics_path.exists():
+            rows = [r for r in read_jsonl(self.metrics_path) if r.get("step", 0) <= resumed_from_step]
+            kept = write_jsonl(self.metrics_path, rows)
+        elif resumed_from_step == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        event = "resume" if resumed_from_step else "start"
+        append_jsonl(
+            self.events_path,
+            [{"event": event, "step": resumed_from_step, "total_steps": total_steps, "rows_kept": kept, "time": time.time()}],
+        )
+
+    def log(self, row: dict[str, Any]) -> None:
+        append_jsonl(self.metrics_path, [row])
+
+    def finish(self, step: int) -> None:
+        append_jsonl(self.events_path, [{"event": "finish", "step": step, "time": time.time()}])
+
+    def rows(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
+
+
+def plot_metrics(rows: list[dict[str, Any]], out_dir: str | os.PathLike[str]) -> list[str]:
+    """``loss.png`` and ``margin.png`` (with chosen / rejected rewards and accuracy) from the step log."""
+    if not rows:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = [r["step"] for r in rows]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [r["loss"] for r in rows], label="loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title("Step-DPO loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=120)
+    plt.close(fig)
+    paths.append(str(out / "loss.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [r["rewards/margin"] for r in rows], label="margin")
+    ax.plot(steps, [r["rewards/chosen"] for r in rows], label="chosen reward", alpha=0.7)
+    ax.plot(steps, [r["rewards/rejected"] for r in rows], label="rejected reward", alpha=0.7)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward (beta * log-ratio)")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [r["rewards/accuracy"] for r in rows], color="grey", linestyle=":", label="accuracy")
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("reward accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Rewards and margin")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "margin.png", dpi=120)
+    plt.close(fig)
+    paths.append(str(out / "margin.png"))
+    return paths
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """First / last values of the headline metrics, for the stage stats and the manifest."""
+    if not rows:
+        return {}
+    keys = ("loss", "rewards/margin", "rewards/accuracy", "tokens_per_s")
+    out: dict[str, Any] = {"steps": rows[-1]["step"]}
+    for k in keys:
+        if k in rows[0]:
+            out[f"first_{k}"] = rows[0][k]
+            out[f"last_{k}"] = rows[-1][k]
+    return out
+
+
+def dumps(row: dict[str, Any]) -> str:
+    return json.dumps(row, sort_keys=True)

@@ -1,0 +1,211 @@
+"""The train stage: pairs -> Ray Train ``TorchTrainer`` + DeepSpeed -> ``<run>/model/``.
+
+Reads ``train.pairs`` (or the run's ``pairs/``), launches ``train.num_workers`` workers running
+``raystep.train.loop.train_loop``, checkpoints into ``<run>/train/`` (or ``train.checkpoint_storage``, which
+may be ``s3://``), and exports the final model as a Hugging Face folder. Rerunning the stage with the same
+config resumes from the latest checkpoint; a worker failure is retried up to ``train.max_failures``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from raystep.config import ConfigError, RunConfig
+from raystep.records import Rejects, read_rows
+from raystep.runs import RunDir, timed_stage
+from raystep.train.loop import LoopSettings, train_loop
+from raystep.train.plan import TrainPlan
+
+FAULT_ENV = "RAYSTEP_TRAIN_FAULT"
+"""Test hook: ``STEP:RANK:MARKER`` makes worker RANK exit once at STEP (0-based), marked by MARKER."""
+
+
+def find_pairs(config: RunConfig, run_dir: RunDir) -> Path:
+    """``train.pairs`` when set, else ``<run>/pairs/`` (Parquet shards, or ``pairs.jsonl``)."""
+    if config.train.pairs:
+        path = Path(config.train.pairs)
+        if not path.exists():
+            raise FileNotFoundError(f"train.pairs: {path} does not exist")
+        return path
+    folder = run_dir.path / "pairs"
+    if any(folder.glob("*.parquet")):
+        return folder
+    if (folder / "pairs.jsonl").exists():
+        return folder / "pairs.jsonl"
+    raise FileNotFoundError(f"no pairs in {folder} (run rectify first) and train.pairs is not set")
+
+
+def load_pairs(config: RunConfig, run_dir: RunDir) -> tuple[list[dict[str, Any]], Path, Rejects | None]:
+    """Pair rows in file order (the order is part of the deterministic data plan)."""
+    path = find_pairs(config, run_dir)
+    rejects = Rejects(run_dir.path / "train" / "rejects.jsonl") if config.data.rejects else None
+    rows = read_rows(path, kind="pair", rejects=rejects)
+    if config.train.mode == "dpo":
+        bad = [i for i, r in enumerate(rows) if not (r.get("full_chosen") or "").strip() or not (r.get("full_rejected") or "").strip()]
+        if bad:
+            raise ValueError(f"{path}: train.mode=dpo needs full_chosen/full_rejected; rows {bad[:5]} lack them")
+    if not rows:
+        raise ValueError(f"{path}: no pairs to train on")
+    return rows, path, rejects
+
+
+def loop_settings(config: RunConfig, rows: list[dict[str, Any]], run_dir: RunDir) -> LoopSettings:
+    t = config.train
+    fault = None
+    if os.environ.get(FAULT_ENV):
+        step, rank, marker = os.environ[FAULT_ENV].split(":", 2)
+        fault = {"step": int(step), "rank": int(rank), "marker": marker}
+    return LoopSettings(
+        model_path=config.model.path,
+        tokenizer_path=config.model.tokenizer or config.model.path,
+        template=config.model.template,
+        rows=rows,
+        train_dir=str(run_dir.stage("train")),
+        model_dir=str(run_dir.path / "model"),
+        mode=t.mode,
+        loss=t.loss,
+        beta=t.beta,
+        label_smoothing=t.label_smoothing,
+        nll_weight=t.nll_weight,
+        reference=t.reference,
+        prefix_sharing=t.prefix_sharing,
+        pack_tokens=t.pack_tokens,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        lr_scheduler=t.lr_scheduler,
+        warmup_ratio=t.warmup_ratio,
+        epochs=t.epochs,
+        max_steps=t.max_steps,
+        global_batch_size=t.global_batch_size,
+        micro_batch_size=t.micro_batch_size,
+        max_length=t.max_length,
+        max_prompt_length=t.max_prompt_length,
+        use_gpu=t.use_gpu,
+        zero_stage=t.zero_stage,
+        offload=t.offload,
+        precision=t.precision,
+        gradient_checkpointing=t.gradient_checkpointing,
+        checkpoint_every_steps=t.checkpoint_every_steps,
+        seed=t.seed,
+        model_dtype=config.model.dtype,
+        trust_remote_code=config.model.trust_remote_code,
+        lora=t.lora.model_dump() if t.lora.enabled else None,
+        log_to=list(t.log_to),
+        run_name=config.name,
+        fault=fault,
+    )
+
+
+def token_stats(settings: LoopSettings) -> dict[str, Any]:
+    """Truncation counts and the tokens each layout processes, from the driver's own tokenization."""
+    from transformers import AutoTokenizer
+
+    from raystep.train.pairs import tokenize_pairs
+
+    tok = AutoTokenizer.from_pretrained(settings.tokenizer_path, trust_remote_code=settings.trust_remote_code)
+    pairs = tokenize_pairs(
+        settings.rows,
+        tok,
+        template=settings.template,
+        mode=settings.mode,
+        max_length=settings.max_length,
+        max_prompt_length=settings.max_prompt_length,
+    )
+    shared = sum(p.shared_tokens for p in pairs)
+    two = sum(p.two_sequence_tokens for p in pairs)
+    return {
+        "pairs_prompt_truncated": sum(1 for p in pairs if p.prompt_cut),
+        "prompt_tokens_cut": sum(p.prompt_cut for p in pairs),
+        "pairs_step_truncated": sum(1 for p in pairs if p.response_cut),
+        "step_tokens_cut": sum(p.response_cut for p in pairs),
+        "tokens_per_epoch_shared": shared,
+        "tokens_per_epoch_two_sequence": two,
+    }
+
+
+def fit(config: RunConfig, settings: LoopSettings) -> Any:
+    """Build and run the ``TorchTrainer``; returns Ray's ``Result``."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = config.train
+    if not ray.is_initialized():
+        ray.init()
+    if t.use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
+        raise ConfigError("train.use_gpu is true but the Ray cluster has no GPU; set train.use_gpu=false for CPU")
+    storage = t.checkpoint_storage or settings.train_dir
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=settings.as_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers,
+            use_gpu=t.use_gpu,
+            resources_per_worker=dict(t.resources_per_worker) or None,
+        ),
+        run_config=RayRunConfig(
+            name="ray",
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.num_checkpoints_to_keep),
+        ),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+    )
+    return trainer.fit()
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    """Train on the run's pairs and export ``<run>/model/``; returns the stage stats (with ``model_dir``)."""
+    run_dir = RunDir.from_config(config)
+    with timed_stage(run_dir, "train") as stats:
+        rows, source, rejects = load_pairs(config, run_dir)
+        settings = loop_settings(config, rows, run_dir)
+        plan = TrainPlan(
+            len(rows),
+            config.train.global_batch_size,
+            config.train.micro_batch_size,
+            config.train.num_workers,
+            config.train.epochs,
+            config.train.seed,
+            config.train.max_steps,
+        )
+        plan.check()
+        stats.update(
+            pairs=len(rows),
+            pairs_source=str(source),
+            rejected_rows=rejects.count if rejects else 0,
+            total_steps=plan.total_steps,
+            effective_batch_size=plan.effective_batch_size,
+            grad_accum=plan.grad_accum,
+        )
+        stats.update(token_stats(settings))
+        result = fit(config, settings)
+        from raystep.train.metrics import StepLog, summarize
+
+        log_rows = StepLog(settings.train_dir).rows()
+        stats.update(summarize(log_rows))
+        stats["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+        stats["model_dir"] = settings.model_dir
+    return stats
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from raystep.cli import add_config_arguments
+
+    add_config_arguments(parser)
+    parser.add_argument("--pairs", help="pair file or folder (overrides train.pairs)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from raystep.cli import config_from_args
+
+    config = config_from_args(args)
+    if args.pairs:
+        config.train.pairs = args.pairs
+    stats = run(config)
+    print(json.dumps(stats, indent=2, default=str))
+    return 0

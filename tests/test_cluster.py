@@ -1,0 +1,152 @@
+"""KubeRay manifests: schema-valid against the real CRDs, strict about unknown fields, up to date."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CRD_DIR = REPO.parent / "shared" / "kuberay-crds"
+CRD_FILES = {
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayService": "ray.io_rayservices.yaml",
+}
+
+
+def crd_schema(kind: str, version: str = "v1") -> dict[str, Any]:
+    crd = yaml.safe_load((CRD_DIR / CRD_FILES[kind]).read_text())
+    (entry,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    return entry["schema"]["openAPIV3Schema"]
+
+
+def unknown_fields(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Keys the schema does not declare: what `kubectl apply --validate=strict` rejects and the API
+    server would silently prune (a typo such as `rayStartParam` would otherwise go unnoticed)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    found: list[str] = []
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, sub in value.items():
+            if props is not None and key in props:
+                found += unknown_fields(sub, props[key], f"{path}.{key}")
+            elif isinstance(extra, dict):
+                found += unknown_fields(sub, extra, f"{path}.{key}")
+            elif props is not None and extra is not True:
+                found.append(f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            found += unknown_fields(item, schema["items"], f"{path}[{i}]")
+    return found
+
+
+def validate(manifest: dict[str, Any]) -> None:
+    schema = crd_schema(manifest["kind"], manifest["apiVersion"].split("/")[1])
+    jsonschema.Draft7Validator(schema).validate(manifest)
+    extra = unknown_fields(manifest, schema)
+    if extra:
+        raise jsonschema.ValidationError(f"unknown fields: {extra}")
+
+
+def cluster_files() -> list[Path]:
+    return sorted((REPO / "cluster").glob("*.yaml"))
+
+
+def test_every_kuberay_manifest_is_valid_against_its_crd():
+    kinds = set()
+    for path in cluster_files():
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc["apiVersion"].startswith("ray.io/"):
+                validate(doc)
+                kinds.add(doc["kind"])
+            else:
+                assert doc["kind"] and doc["metadata"]["name"], path
+    assert kinds == {"RayCluster", "RayJob", "RayService"}
+
+
+def test_validator_rejects_broken_manifests():
+    doc = yaml.safe_load((REPO / "cluster" / "raycluster.yaml").read_text())
+    typo = copy.deepcopy(doc)
+    typo["spec"]["headGroupSpec"]["rayStartParam"] = typo["spec"]["headGroupSpec"].pop("rayStartParams")
+    with pytest.raises(jsonschema.ValidationError):
+        validate(typo)
+    wrong_type = copy.deepcopy(doc)
+    wrong_type["spec"]["workerGroupSpecs"][0]["replicas"] = "eight"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(wrong_type)
+
+
+def test_cluster_shape_is_what_the_guide_promises():
+    doc = yaml.safe_load((REPO / "cluster" / "raycluster.yaml").read_text())
+    head = doc["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0", "the head must run no work"
+    assert head["serviceType"] == "ClusterIP", "the dashboard/job API must not be exposed outside"
+    assert doc["spec"]["authOptions"]["mode"] == "token"
+    worker = doc["spec"]["workerGroupSpecs"][0]["template"]["spec"]
+    (container,) = worker["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert any(v.get("persistentVolumeClaim") for v in worker["volumes"])
+    secrets = [e for e in container["env"] if "valueFrom" in e]
+    assert {e["name"] for e in secrets} >= {"OPENAI_API_KEY", "RAYSTEP_API_KEY"}
+    assert all("value" not in e for e in secrets), "keys come from Secrets only"
+    storage = yaml.safe_load((REPO / "cluster" / "storage.yaml").read_text())
+    assert storage["spec"]["accessModes"] == ["ReadWriteMany"]
+    job72 = yaml.safe_load((REPO / "cluster" / "rayjob-pipeline-72b.yaml").read_text())
+    assert job72["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 4
+
+
+def test_rendered_manifests_are_up_to_date():
+    out = subprocess.run(
+        [sys.executable, "jobs/render_cluster.py", "--check"], cwd=REPO, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_rayservice_serve_config_equals_raystep_serve_emit(tmp_path):
+    from raystep.config import load_config
+    from raystep.serve.llm import serve_config
+
+    doc = yaml.safe_load((REPO / "cluster" / "rayservice.yaml").read_text())
+    embedded = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    overrides = ["storage.root=/mnt/runs", "serve.host=0.0.0.0"]
+    config = load_config(REPO / "jobs/configs/qwen2-7b-instruct.yaml", overrides)
+    assert embedded == serve_config(config)
+    assert embedded["applications"][0]["args"]["ingress_cls_config"]["ingress_extra_kwargs"] == {
+        "api_key_env": "RAYSTEP_API_KEY"
+    }, "a pod-network bind must check the API key"
+    emitted = tmp_path / "serve.yaml"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raystep.cli",
+            "serve",
+            "--engine",
+            "vllm",
+            "--config",
+            "jobs/configs/qwen2-7b-instruct.yaml",
+            "--set",
+            overrides[0],
+            "--set",
+            overrides[1],
+            "--emit-config",
+            str(emitted),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(emitted.read_text()) == embedded
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(embedded)

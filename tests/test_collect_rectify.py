@@ -1,0 +1,356 @@
+"""collect and rectify on a real local Ray with the hf engine and a tiny model taught one solution.
+
+The tiny Qwen2 is trained here for a few seconds to reproduce one step-formatted solution (answer 12)
+whatever the question, so verdicts are meaningful: problems whose gold is 12 are solved, those whose
+gold is 13 are not, and rectifying a solution whose step k is wrong yields the taught step k. The
+localized rows rectify reads are written by the test (localization is another stage's job).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raystep import records, steps
+from raystep.config import load_config
+from raystep.records import read_jsonl, read_parquet
+from raystep.runs import RunDir
+from raystep.stages import collect, rectify, shards
+
+TAUGHT = " 2 + 2 = 4.\nStep 2: 4 * 3 = 12.\nStep 3: The answer is \\boxed{12}."
+TEMPLATE = "plain"
+QUESTIONS = [f"Problem {i}: what is (2 + 2) * 3?" for i in range(6)]
+GOLDS = ["12" if i % 2 == 0 else "13" for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def taught_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model after ~60 steps of next-token training on ``TAUGHT`` (prompt tokens masked)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("taught-model")
+    shutil.copytree(tiny_model, out, dirs_exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: more threads only thrash
+    try:
+        torch.manual_seed(0)
+        tok = AutoTokenizer.from_pretrained(out)
+        model = AutoModelForCausalLM.from_pretrained(out)
+        prompts = [steps.build_prompt(TEMPLATE, q, steps.STEP_PRIMER) for q in QUESTIONS]
+        enc = tok([p + TAUGHT + tok.eos_token for p in prompts], return_tensors="pt", padding=True)
+        labels = enc["input_ids"].clone()
+        labels[enc["attention_mask"] == 0] = -100
+        for j, p in enumerate(prompts):
+            labels[j, : len(tok(p)["input_ids"])] = -100
+        opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+        for _ in range(70):
+            loss = model(**enc, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        assert loss.item() < 0.1, f"the tiny model did not learn the solution (loss {loss.item():.3f})"
+        model.save_pretrained(out)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="module")
+def problems_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("problems") / "problems.jsonl"
+    rows = [{"id": f"p{i}", "question": q, "answer": g} for i, (q, g) in enumerate(zip(QUESTIONS, GOLDS))]
+    records.write_jsonl(path, rows)
+    return path
+
+
+def make_config(root: Path, name: str, model: Path, problems: Path, *extra: str):
+    return load_config(
+        None,
+        [
+            f"name={name}",
+            f"storage.root={root}",
+            f"model.path={model}",
+            f"model.template={TEMPLATE}",
+            "data.source=jsonl",
+            f"data.path={problems}",
+            "sampling.n=2",
+            "sampling.temperature=0.7",
+            "sampling.max_new_tokens=48",
+            "sampling.batch_size=4",
+            "sampling.shard_size=2",
+            "rectify.n=3",
+            "rectify.temperature=0.7",
+            "rectify.max_new_tokens=40",
+            *extra,
+        ],
+    )
+
+
+def sample_key(rows):
+    return sorted((r["sample_id"], r["seed"], r["response"], r["correct"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_collect_writes_graded_samples_and_a_killed_run_resumes_exactly(
+    ray_local, taught_model, problems_file, tmp_path
+):
+    config = make_config(tmp_path, "full", taught_model, problems_file)
+    stats = collect.run(config)
+    run = RunDir.from_config(config)
+    rows = read_parquet(run.path / "samples", kind="sample")  # every row fits the sample schema
+
+    assert len(rows) == 12 and len({r["sample_id"] for r in rows}) == 12
+    assert len(list((run.path / "samples").glob("part-*.parquet"))) == 3  # 6 problems, 2 per shard
+    assert len({r["seed"] for r in rows}) == 12
+    for r in rows:
+        assert r["prompt"] == steps.build_prompt(TEMPLATE, r["question"], steps.STEP_PRIMER)
+        assert r["response"].startswith(steps.STEP_PRIMER)
+        assert "".join(r["steps"]) == r["response"][len("Let's think step by step.\n") :]
+        assert r["steps"][0].startswith("Step 1:")
+        assert r["grade_status"] == "ok" and r["error"] is None
+        assert r["correct"] == (r["pred"] == r["answer"])
+        assert json.loads(r["sampling"])["seed"] == r["seed"]
+    by_gold = Counter((r["answer"], r["correct"]) for r in rows)
+    assert by_gold[("13", True)] == 0  # the model only knows 12
+    assert by_gold[("12", True)] >= 4  # ... and mostly says it
+
+    manifest = run.read_manifest()["stages"]["collect"]
+    assert manifest["status"] == "done" and manifest["samples"] == 12 and manifest["problems"] == 6
+    per_problem = manifest["per_problem_accuracy"]
+    for pid in per_problem:
+        mine = [r["correct"] for r in rows if r["id"] == pid]
+        assert per_problem[pid] == sum(mine) / len(mine)
+    assert stats["correct"] + stats["wrong"] == 12
+
+    # a `raystep collect` process SIGKILLed right after its first shard, then rerun
+    killed = make_config(tmp_path, "killed", taught_model, problems_file)
+    config_file = tmp_path / "killed.yaml"
+    config_file.write_text(yaml.safe_dump(killed.model_dump(mode="json")))
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+        shards.FAIL_AFTER_ENV: "samples:1",
+        shards.FAIL_MODE_ENV: "kill",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "raystep.cli", "collect", "--config", str(config_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    killed_run = RunDir.from_config(killed)
+    partial = read_parquet(killed_run.path / "samples", kind="sample")
+    assert len(list((killed_run.path / "samples").glob("part-*.parquet"))) == 1
+    assert len(partial) == 4  # whole problems only: 2 problems x 2 samples
+    assert killed_run.read_manifest()["stages"]["collect"]["status"] == "running"  # it never finished
+
+    resumed = collect.run(killed)
+    assert resumed["problems_resumed"] == 2 and resumed["problems_todo"] == 4
+    final = read_parquet(killed_run.path / "samples", kind="sample")
+    assert len(final) == len(rows)
+    assert sample_key(final) == sample_key(rows)
+    assert resumed["per_problem_accuracy"] == stats["per_problem_accuracy"]
+
+
+def localized_rows() -> list[dict]:
+    """Wrong samples with their first wrong step, as the localize stage would write them."""
+
+    def row(pid: int, sid: str, response: str, k: int, correct: bool = False) -> dict:
+        return {
+            "id": f"p{pid}",
+            "dataset": "toy",
+            "question": QUESTIONS[pid],
+            "answer": GOLDS[pid],
+            "sample_id": sid,
+            "sample_index": 0,
+            "seed": 1,
+            "prompt": steps.build_prompt(TEMPLATE, QUESTIONS[pid], steps.STEP_PRIMER),
+            "response": response,
+            "steps": list(steps.split_steps(response).steps),
+            "pred": None,
+            "correct": correct,
+            "grade_status": "ok",
+            "first_wrong_step": k,
+            "localizer": "test",
+            "evidence": "{}",
+            "error": None,
+        }
+
+    primer = steps.STEP_PRIMER[: -len("Step 1:")]
+    return [
+        # step 2 is wrong: the taught step 2 is the chosen one
+        row(0, "p0-s0", primer + "Step 1: 2 + 2 = 4.\nStep 2: 4 * 3 = 14.\nStep 3: The answer is \\boxed{14}.", 2),
+        # step 1 is wrong
+        row(2, "p2-s0", primer + "Step 1: 2 + 2 = 5.\nStep 2: 5 * 3 = 15.\nStep 3: The answer is \\boxed{15}.", 1),
+        # the localizer blamed a right step: every correct resample repeats it (chosen == rejected)
+        row(4, "p4-s0", primer + "Step 1: 2 + 2 = 4.\nStep 2: 4 * 3 = 13.\nStep 3: The answer is \\boxed{13}.", 1),
+        # gold 13: no continuation of this model is ever correct
+        row(1, "p1-s0", primer + "Step 1: 2 + 2 = 5.\nStep 2: 5 * 3 = 15.\nStep 3: The answer is \\boxed{15}.", 1),
+        row(3, "p3-s0", primer + "Step 1: 1 + 1 = 2.\nStep 2: The answer is \\boxed{2}.", 0),  # no wrong step
+        row(0, "p0-s1", primer + "Step 1: 2 + 2 = 4.\nStep 2: 4 * 3 = 12.\nStep 3: \\boxed{12}.", 0, True),
+    ]
+
+
+def write_localized(config) -> None:
+    run = RunDir.from_config(config)
+    rows = localized_rows()
+    records.write_parquet(run.stage("localized") / "part-00000.parquet", rows[:3])
+    records.write_parquet(run.stage("localized") / "part-00001.parquet", rows[3:])
+
+
+@pytest.mark.slow
+def test_rectify_builds_step_pairs_in_the_public_schema(ray_local, taught_model, problems_file, tmp_path):
+    config = make_config(
+        tmp_path,
+        "rect",
+        taught_model,
+        problems_file,
+        "rectify.success_rollouts=2",
+        "rectify.min_success_rate=0.5",
+        "rectify.max_pairs_per_sample=2",
+    )
+    write_localized(config)
+    stats = rectify.run(config)
+    run = RunDir.from_config(config)
+
+    assert stats["localized"] == 6 and stats["units"] == 4
+    assert stats["skipped"] == {"no_wrong_step": 1, "correct": 1}
+    assert stats["continuations"] == 12  # 4 samples x rectify.n
+    pairs = read_parquet(run.path / "pairs", kind="pair")
+    by_sample = {p["sample_id"]: p for p in pairs}
+    assert sorted(by_sample) == ["p0-s0", "p2-s0"]  # one pair each: the n=3 resamples agree
+    assert stats["this_run"]["dropped_duplicate"] >= 2
+    assert stats["this_run"]["dropped_same_as_rejected"] >= 1  # p4-s0
+
+    p0, p2 = by_sample["p0-s0"], by_sample["p2-s0"]
+    assert p0["initial_reason_steps"] == "Let's think step by step.\nStep 1: 2 + 2 = 4.\nStep 2:"
+    assert p0["rejected"] == " 4 * 3 = 14.\n" and p0["chosen"] == " 4 * 3 = 12.\n"
+    assert p0["step_index"] == 2 and p0["full_rejected"] == " 4 * 3 = 14.\nStep 3: The answer is \\boxed{14}."
+    assert p2["initial_reason_steps"] == "Let's think step by step.\nStep 1:"
+    assert p2["rejected"] == " 2 + 2 = 5.\n" and p2["chosen"] == " 2 + 2 = 4.\n"
+    for p in pairs:
+        assert p["prompt"] == QUESTIONS[int(p["problem_id"][1:])] and p["answer"] == "12"
+        assert p["full_chosen"].startswith(p["chosen"])
+        assert p["chosen_success_rate"] == 1.0 and p["rectify_success_rate"] > 0
+        assert p["localizer"] == "test" and p["policy_model"] == str(taught_model)
+        assert json.loads(p["sampling"])["n"] == 3
+
+    exported = read_jsonl(run.path / "pairs" / "pairs.jsonl", kind="pair")
+    assert len(exported) == 2
+    for row in exported:
+        assert list(row)[: len(records.PUBLIC_PAIR_FIELDS)] == list(records.PUBLIC_PAIR_FIELDS)
+        assert set(row) == set(records.PUBLIC_PAIR_FIELDS) | set(rectify.PROVENANCE_FIELDS)
+    manifest = run.read_manifest()["stages"]["rectify"]
+    assert manifest["status"] == "done" and manifest["pairs"] == 2
+
+
+@pytest.mark.slow
+def test_rectify_interrupted_in_each_phase_resumes_to_the_same_pairs(
+    ray_local, taught_model, problems_file, tmp_path, monkeypatch
+):
+    extra = ("sampling.shard_size=1", "rectify.max_pairs_per_sample=3", "rectify.temperature=1.5")
+    full = make_config(tmp_path, "full", taught_model, problems_file, *extra)
+    write_localized(full)
+    rectify.run(full)
+
+    cut = make_config(tmp_path, "cut", taught_model, problems_file, *extra)
+    write_localized(cut)
+    run = RunDir.from_config(cut)
+    monkeypatch.setenv(shards.FAIL_AFTER_ENV, "rectified:1")
+    with pytest.raises(shards.InjectedFailure):
+        rectify.run(cut)
+    assert len(list((run.path / "rectified").glob("part-*.parquet"))) == 1
+    assert run.read_manifest()["stages"]["rectify"]["status"] == "failed"
+    monkeypatch.setenv(shards.FAIL_AFTER_ENV, "pairs:1")
+    with pytest.raises(shards.InjectedFailure):
+        rectify.run(cut)  # continuations finish, the pairs phase stops after one shard
+    assert len(list((run.path / "pairs").glob("part-*.parquet"))) == 1
+    monkeypatch.delenv(shards.FAIL_AFTER_ENV)
+    stats = rectify.run(cut)
+    assert stats["samples_resumed"] == 4 and stats["samples_todo"] == 0
+
+    def pair_key(folder):
+        rows = read_parquet(folder / "pairs", kind="pair")
+        return sorted((r["pair_id"], r["chosen"], r["rejected"], r["full_chosen"]) for r in rows)
+
+    def cont_key(folder):
+        rows = read_parquet(folder / "rectified")
+        return sorted((r["sample_id"], r["continuation_index"], r["seed"], r["continuation"]) for r in rows)
+
+    full_path = RunDir.from_config(full).path
+    assert cont_key(run.path) == cont_key(full_path) and len(cont_key(run.path)) == 12
+    assert pair_key(run.path) == pair_key(full_path) and pair_key(run.path)
+    assert (run.path / "pairs" / "pairs.jsonl").read_text() == (full_path / "pairs" / "pairs.jsonl").read_text()
+
+
+def test_unit_buffer_writes_only_complete_units_and_resume_skips_them(tmp_path):
+    store = shards.ShardSet(tmp_path / "s", schema=records.PAIR_FIELDS)
+    buffer = shards.UnitBuffer(store, expected={"a": 2, "b": 1, "c": 0}, key="u", units_per_shard=2)
+    assert buffer.ready_units == ["c"]  # a unit with no rows is complete at once
+    buffer.add({"u": "a", "x": 1})
+    assert store.files() == []  # "a" is incomplete: nothing written
+    buffer.add({"u": "b", "x": 2})  # b completes: c + b make a shard
+    assert [shards.ShardSet.units_of(f) for f in store.files()] == [["c", "b"]]
+    with pytest.raises(shards.IncompleteUnitsError, match="'a'"):
+        buffer.close()
+    assert store.done_units() == {"b", "c"}
+    with pytest.raises(KeyError):
+        shards.UnitBuffer(store, expected={"d": 1}, key="u", units_per_shard=1).add({"u": "b"})
+    (tmp_path / "s" / "part-00009.parquet.tmp").write_text("half a file")
+    assert not shards.ShardSet(tmp_path / "s").folder.joinpath("part-00009.parquet.tmp").exists()
+
+
+def test_select_pairs_filters_by_success_rate_then_caps():
+    config = load_config(None, ["rectify.success_rollouts=2", "rectify.min_success_rate=0.6", "rectify.max_pairs_per_sample=1"])
+    candidates = [{"pair_id": "x-c0"}, {"pair_id": "x-c1"}, {"pair_id": "x-c2"}]
+    rollouts = [
+        {"pair_id": "x-c0", "correct": True},
+        {"pair_id": "x-c0", "correct": False},
+        {"pair_id": "x-c1", "correct": True},
+        {"pair_id": "x-c1", "correct": True},
+        {"pair_id": "x-c2", "correct": True},
+        {"pair_id": "x-c2", "correct": True},
+    ]
+    kept, counts = rectify.select_pairs(candidates, rollouts, config)
+    assert [k["pair_id"] for k in kept] == ["x-c1"] and kept[0]["chosen_success_rate"] == 1.0
+    assert counts["dropped_low_success_rate"] == 1 and counts["dropped_over_cap"] == 1
+
+
+def test_verify_chosen_hook_is_called_and_counted():
+    config = load_config(None, ["rectify.verify_chosen=true", "rectify.max_pairs_per_sample=5"])
+    seen = []
+
+    def verify(pairs, cfg):
+        seen.append(len(pairs))
+        return pairs[:1], len(pairs) - 1
+
+    kept, counts = rectify.select_pairs([{"pair_id": "a"}, {"pair_id": "b"}], [], config, verify)
+    assert seen == [2] and [k["pair_id"] for k in kept] == ["a"] and counts["dropped_verify_chosen"] == 1
+
+
+def test_build_candidates_dedupes_and_drops_chosen_equal_to_rejected():
+    config = load_config(None, ["rectify.n=4"])
+    unit = localized_rows()[0]  # step 2 rejected: " 4 * 3 = 14.\n"
+    conts = [
+        {"continuation_index": 0, "seed": 1, "correct": True, "continuation": " 4 * 3 = 12.\nStep 3: 12", "chosen": " 4 * 3 = 12.\n"},
+        {"continuation_index": 1, "seed": 2, "correct": True, "continuation": " 4 *  3 = 12.\n", "chosen": " 4 *  3 = 12.\n"},
+        {"continuation_index": 2, "seed": 3, "correct": True, "continuation": "4 * 3 = 14.", "chosen": "4 * 3 = 14."},
+        {"continuation_index": 3, "seed": 4, "correct": False, "continuation": " 4 * 3 = 11.", "chosen": " 4 * 3 = 11."},
+    ]
+    cands, counts = rectify.build_candidates(unit, conts, config)
+    assert [c["chosen"] for c in cands] == [" 4 * 3 = 12.\n"]
+    assert counts["dropped_duplicate"] == 1 and counts["dropped_same_as_rejected"] == 1
+    assert cands[0]["rectify_success_rate"] == 0.75 and cands[0]["pair_id"] == "p0-s0-k2-c0"
+    records.check_row(cands[0], "pair")

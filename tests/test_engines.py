@@ -1,0 +1,206 @@
+"""Generation engines: the row contract, reproducible per-row seeds, the hf engine on a real local Ray,
+and the vLLM path's processor config and pre/post-processing (vLLM itself cannot run here: no GPU, not
+installed; its config class from ``ray.data.llm`` is constructed for real)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from raystep.config import load_config
+from raystep.engines import base, build_generator, sampling_defaults
+from raystep.engines import vllm as vllm_engine
+
+
+def sampling(seed: int, **kw):
+    args = {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 16, "seed": seed, **kw}
+    return base.make_sampling(**args)
+
+
+# -- contract helpers --------------------------------------------------------------------------
+
+
+def test_derive_seed_is_stable_across_processes_and_distinct():
+    # sha256-based: the same in every process (Python's hash() is salted per process)
+    expected = int.from_bytes(hashlib.sha256(b"7:p1:0").digest()[:4], "big") & 0x7FFFFFFF
+    assert base.derive_seed(7, "p1", 0) == expected
+    seeds = {base.derive_seed(7, "p1", i) for i in range(50)}
+    assert len(seeds) == 50
+    assert base.derive_seed(7, "p1", 0) != base.derive_seed(8, "p1", 0)
+
+
+def test_fan_out_records_a_seed_per_sample():
+    row = {"id": "p1", "prompt": "Q", "extra": [1, 2]}
+    rows = base.fan_out(row, 3, sampling(5))
+    assert [r["sample_index"] for r in rows] == [0, 1, 2]
+    assert all(r["sampling"]["seed"] == r["seed"] for r in rows)
+    assert len({r["seed"] for r in rows}) == 3
+    assert all(r["extra"] == [1, 2] and r["prompt"] == "Q" for r in rows)
+    assert rows == base.fan_out(row, 3, sampling(5))  # reproducible
+
+
+def test_normalize_sampling_fills_defaults_and_names_missing_keys():
+    full = base.normalize_sampling('{"seed": 3}', {"temperature": 0.5, "top_p": 1.0, "max_new_tokens": 8})
+    assert full == {"temperature": 0.5, "top_p": 1.0, "max_new_tokens": 8, "seed": 3, "stop": []}
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        base.normalize_sampling({"seed": 1, "temperature": 1.0, "top_p": 1.0})
+
+
+def test_truncate_at_stop_takes_the_earliest():
+    assert base.truncate_at_stop("a1b2c", ["2", "1"]) == ("a", True)
+    assert base.truncate_at_stop("abc", ["x"]) == ("abc", False)
+
+
+def test_sampling_defaults_come_from_the_config_and_overrides():
+    cfg = load_config(None, ["sampling.temperature=0.3", "sampling.stop=['###']"])
+    d = sampling_defaults(cfg, {"max_new_tokens": 7})
+    assert d["temperature"] == 0.3 and d["stop"] == ["###"] and d["max_new_tokens"] == 7
+
+
+# -- hf engine without Ray -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model):
+    from raystep.engines.hf import HFGenerator
+
+    return HFGenerator(str(tiny_model), batch_size=3)
+
+
+PROMPTS = [
+    "Natalia sold clips to 48 of her friends in April.",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting.",
+    "Q:",
+    "Betty is saving money for a new wallet which costs $100.",
+]
+
+
+def test_same_seed_same_prompt_same_text_whatever_the_batch(generator):
+    together = generator.generate(PROMPTS, [sampling(i) for i in range(4)])
+    alone = [generator.generate([p], [sampling(i)])[0] for i, p in enumerate(PROMPTS)]
+    reversed_ = generator.generate(PROMPTS[::-1], [sampling(i) for i in range(4)][::-1])[::-1]
+    assert together == alone == reversed_
+    other_seed = generator.generate(PROMPTS[:1], [sampling(99)])[0]
+    assert other_seed["generated_text"] != together[0]["generated_text"]
+    for out in together:
+        assert 0 < out["num_generated_tokens"] <= 16
+        assert out["finish_reason"] in ("stop", "length")
+
+
+def test_stop_strings_cut_the_text_where_they_first_appear(generator):
+    full = generator.generate(PROMPTS[:1], [sampling(1, max_new_tokens=24)])[0]
+    text = full["generated_text"]
+    stop = text[6:9]  # a string the unconstrained sample is known to contain
+    cut = generator.generate(PROMPTS[:1], [sampling(1, max_new_tokens=24, stop=[stop])])[0]
+    assert cut["generated_text"] == text[: text.find(stop)]
+    assert cut["finish_reason"] == "stop"
+    assert cut["num_generated_tokens"] <= full["num_generated_tokens"]
+
+
+def test_temperature_zero_is_greedy_and_seed_independent(generator):
+    a = generator.generate(PROMPTS[:2], [sampling(1, temperature=0.0), sampling(2, temperature=0.0)])
+    b = generator.generate(PROMPTS[:2], [sampling(3, temperature=0.0), sampling(4, temperature=0.0)])
+    assert a == b
+
+
+# -- hf engine on Ray Data -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_hf_engine_on_ray_data_matches_direct_calls_and_keeps_failed_rows(ray_local, tiny_model, generator):
+    cfg = load_config(
+        None,
+        [f"model.path={tiny_model}", "sampling.batch_size=4", "sampling.max_new_tokens=12", "sampling.seed=11"],
+    )
+    rows = []
+    for i, prompt in enumerate(PROMPTS):
+        rows += base.fan_out({"id": f"p{i}", "prompt": prompt, "keep": i}, 2, sampling_defaults(cfg))
+    bad = {"id": "bad", "prompt": "x", "keep": -1, "sample_index": 0, "seed": 1, "sampling": sampling(1)}
+    bad["sampling"]["max_new_tokens"] = -5  # transformers refuses it: a generation error
+    ds = ray_local.data.from_items([*rows, bad])
+    out = sorted(build_generator(cfg)(ds).take_all(), key=lambda r: (r["id"], r["sample_index"]))
+    assert len(out) == len(rows) + 1
+    for row in out:
+        base.check_output_row(row)
+    failed = [r for r in out if r["id"] == "bad"]
+    assert failed[0]["finish_reason"] == "error" and "max_new_tokens" in failed[0]["generation_error"]
+    good = [r for r in out if r["id"] != "bad"]
+    assert all(r["generation_error"] is None for r in good)
+    assert [r["keep"] for r in good] == [i for i in range(4) for _ in range(2)]  # pass-through columns
+    direct = generator.generate([r["prompt"] for r in good], [dict(r["sampling"]) for r in good])
+    assert [r["generated_text"] for r in good] == [d["generated_text"] for d in direct]
+    assert [r["num_generated_tokens"] for r in good] == [d["num_generated_tokens"] for d in direct]
+
+
+# -- vLLM path, without vLLM -------------------------------------------------------------------------
+
+
+def test_vllm_processor_config_from_the_run_config():
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    cfg = load_config(
+        None,
+        [
+            "sampling.engine=vllm",
+            "model.path=Qwen/Qwen2-7B-Instruct",
+            "sampling.tensor_parallel_size=4",
+            "sampling.concurrency=2",
+            "sampling.batch_size=64",
+            "sampling.max_model_len=4096",
+        ],
+    )
+    proc = vllm_engine.build_processor_config(cfg)
+    assert isinstance(proc, vLLMEngineProcessorConfig)
+    assert proc.model_source == "Qwen/Qwen2-7B-Instruct"
+    assert proc.engine_kwargs["enable_prefix_caching"] is True
+    assert proc.engine_kwargs["tensor_parallel_size"] == 4
+    assert proc.engine_kwargs["max_model_len"] == 4096
+    assert proc.batch_size == 64 and tuple(proc.concurrency) == (2, 2)
+    assert proc.should_continue_on_error is True
+    assert proc.chat_template_stage is False  # prompts arrive templated
+    off = load_config(None, ["sampling.enable_prefix_caching=false"])
+    assert vllm_engine.processor_config_kwargs(off)["engine_kwargs"]["enable_prefix_caching"] is False
+
+
+def test_vllm_pre_and_postprocess_keep_the_row_contract():
+    row = base.fan_out({"id": "p1", "prompt": "Solve: 1+1", "question": "1+1"}, 1, sampling(3, stop=["\n\n"]))[0]
+    pre = vllm_engine.to_vllm_row(row)
+    assert pre["prompt"] == "Solve: 1+1"
+    assert pre["sampling_params"] == {
+        "n": 1,
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "max_tokens": 16,
+        "seed": row["seed"],
+        "stop": ["\n\n"],
+    }
+    # what the processor adds to a successful row
+    engine_out = {
+        **pre,
+        "prompt_token_ids": [1, 2, 3],
+        "num_input_tokens": 3,
+        "generated_tokens": [4, 5],
+        "generated_text": "2",
+        "num_generated_tokens": 2,
+        "metrics": {},
+        "request_id": 0,
+        "batch_uuid": "abc",
+        "time_taken_llm": 0.1,
+        "params": "SamplingParams(...)",
+    }
+    post = vllm_engine.from_vllm_row(engine_out)
+    base.check_output_row(post)
+    assert post["generated_text"] == "2" and post["finish_reason"] == "stop" and post["generation_error"] is None
+    assert post["question"] == "1+1" and post["seed"] == row["seed"] and post["sample_index"] == 0
+    assert not set(post) & vllm_engine.VLLM_COLUMNS
+    spent = vllm_engine.from_vllm_row({**engine_out, "num_generated_tokens": 16})
+    assert spent["finish_reason"] == "length"
+    # an error row bypasses postprocess with a truncated prompt; finalize maps it and restores ours
+    error_row = {**pre, "prompt": "Solve", "generated_text": "", "__inference_error__": "ValueError: boom"}
+    final = vllm_engine.finalize_vllm_row(error_row)
+    base.check_output_row(final)
+    assert final["finish_reason"] == "error" and final["generation_error"] == "ValueError: boom"
+    assert final["prompt"] == "Solve: 1+1" and "__inference_error__" not in final
+    ok = vllm_engine.finalize_vllm_row({**post, "__inference_error__": ""})
+    assert ok == post

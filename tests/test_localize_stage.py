@@ -1,0 +1,311 @@
+"""The ``raystep localize`` stage on a real local Ray (verifier and judge in Ray Data actors, the judge
+against the FAKE OpenAI server over real HTTP), its resume rules, and ``raystep localize-bench``.
+
+The exact checker used here (``sum_checker``) is imported by the Ray workers by its import path, so
+this module keeps its top-level imports to what a worker has (raystep, pytest); the fake server is
+imported inside the tests that start it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raystep.cli import main as cli_main
+from raystep.config import load_config
+from raystep.records import SAMPLE_FIELDS, RowError, read_jsonl, write_jsonl
+from raystep.runs import RunDir
+from raystep.stages.shards import FAIL_AFTER_ENV, InjectedFailure, ShardSet
+
+CHECKER = "tests.test_localize_stage:sum_checker"
+"""How Ray workers import it: the driver's working directory (the repo root) is on their path."""
+LOCAL_CHECKER = "test_localize_stage:sum_checker"
+"""How this process imports it (pytest put ``tests/`` on the path)."""
+_SUM = re.compile(r"(-?\d+)\s*\+\s*(-?\d+)\s*=\s*(-?\d+)")
+
+
+def sum_checker(question: str, steps: list[str]) -> int:
+    """First step whose ``a + b = c`` is false (or that states none); 0 when all hold."""
+    for k, step in enumerate(steps, 1):
+        m = _SUM.search(step)
+        if not m or int(m.group(1)) + int(m.group(2)) != int(m.group(3)):
+            return k
+    return 0
+
+
+def make_samples(n_problems: int = 5) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Collect-shaped rows: per problem, one correct sample, wrong ones with a known first wrong step,
+    and one whose generation failed. Returns the rows and the truth for the wrong ones."""
+    rows, truth = [], {}
+    for p in range(n_problems):
+        chain = [(p + 1, k + 1) for k in range(3)]  # (a, b) per step, a running sum from p+1
+        for s in range(4):
+            wrong_at = {0: 0, 1: 1 + p % 3, 2: 3, 3: 0}[s]
+            steps, total = [], p + 1
+            for k, (_, b) in enumerate(chain, 1):
+                c = total + b + (1 if k == wrong_at else 0)
+                steps.append(f"Step {k}: {total} + {b} = {c}\n")
+                total = c
+            sid = f"p{p}-s{s}"
+            row = {
+                "id": f"p{p}",
+                "dataset": "sums",
+                "question": f"Start at {p + 1} and add 1, 2 and 3. [p{p}]",
+                "answer": str(p + 7),
+                "sample_id": sid,
+                "sample_index": s,
+                "seed": s,
+                "prompt": f"Question: start at {p + 1}\nAnswer: ",
+                "response": "".join(steps),
+                "steps": steps,
+                "pred": str(total),
+                "correct": wrong_at == 0 and s != 3,
+                "grade_status": "ok",
+                "num_tokens": 10,
+                "error": "generation failed: injected" if s == 3 else None,
+            }
+            if s == 3:
+                row["correct"] = False
+            rows.append(row)
+            if not row["correct"] and s != 3:
+                truth[sid] = wrong_at
+    return rows, truth
+
+
+def write_samples(run_dir: Path, rows: list[dict[str, Any]], per_shard: int = 8) -> None:
+    shards = ShardSet(run_dir / "samples", schema=SAMPLE_FIELDS)
+    by_problem: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_problem.setdefault(r["id"], []).append(r)
+    problems = list(by_problem)
+    for i in range(0, len(problems), 2):
+        units = problems[i : i + 2]
+        shards.write([r for u in units for r in by_problem[u]], units)
+
+
+def stage_config(tmp_path: Path, *overrides: str):
+    return load_config(
+        None,
+        [
+            f"storage.root={tmp_path / 'runs'}",
+            "name=loc",
+            "localize.methods=[verifier]",
+            f"localize.verifier={CHECKER}",
+            "localize.batch_size=3",
+            "sampling.shard_size=4",
+            *overrides,
+        ],
+    )
+
+
+@pytest.mark.slow
+def test_localize_stage_labels_every_wrong_sample_and_resumes(tmp_path, ray_local, monkeypatch) -> None:
+    from raystep.stages import localize
+
+    config = stage_config(tmp_path)
+    run_dir = RunDir.from_config(config)
+    samples, truth = make_samples()
+    write_samples(run_dir.path, samples)
+
+    # first attempt dies after one shard (fault injection in the driver's shard writer)
+    monkeypatch.setenv(FAIL_AFTER_ENV, "1")
+    with pytest.raises(InjectedFailure):
+        localize.run(config)
+    partial = ShardSet(run_dir.path / "localized").rows()
+    assert 0 < len(partial) < len(truth)
+    assert run_dir.read_manifest()["stages"]["localize"]["status"] == "failed"
+    monkeypatch.delenv(FAIL_AFTER_ENV)
+
+    stats = localize.run(config)
+    rows = ShardSet(run_dir.path / "localized").rows(kind="localized")
+    assert sorted(r["sample_id"] for r in rows) == sorted(truth)  # each wrong sample once, none twice
+    assert {r["sample_id"]: r["first_wrong_step"] for r in rows} == truth
+    assert all(r["localizer"] == "verifier" and r["error"] is None for r in rows)
+    assert stats["already_done"] == len(partial) and stats["todo"] == len(truth) - len(partial)
+    assert stats["samples"] == len(samples) and stats["wrong_samples"] == len(truth)
+    assert stats["skipped_generation_errors"] == 5
+    assert stats["labelled"] == len(truth) and stats["errors"] == 0
+    assert stats["per_method"] == {"verifier": {"labelled": len(truth)}}
+    assert Path(stats["plot"]).read_bytes()[:4] == b"\x89PNG"
+    manifest = run_dir.read_manifest()["stages"]["localize"]
+    assert manifest["status"] == "done" and manifest["localized"] == len(truth)
+
+    # a rerun has nothing to do and writes nothing
+    files = ShardSet(run_dir.path / "localized").files()
+    again = localize.run(config)
+    assert again["todo"] == 0 and ShardSet(run_dir.path / "localized").files() == files
+
+
+@pytest.mark.slow
+def test_localize_stage_with_judge_and_verifier_in_agreement(tmp_path, ray_local) -> None:
+    from fake_openai import FakeOpenAI, last_user_text, verdict_reply
+
+    from raystep.stages import localize
+
+    samples, truth = make_samples(4)
+    disagree = "p1-s2"  # the fake judge says step 1 where the checker says step 3
+
+    def responder(body: dict[str, Any]) -> str:
+        text = last_user_text(body)
+        steps = re.findall(r"^Step \d+: (.*)$", text, re.M)
+        first = sum_checker("", steps)
+        if "[p1]" in text and first == 3:
+            first = 1
+        return verdict_reply(first, len(steps), "markdown" if "[p2]" in text else "lines")
+
+    faults = {"[p0]": ["429", "500"], "[p3]": ["400"] * 2}  # p3's wrong samples fail for good
+    with FakeOpenAI(responder, faults) as server:
+        config = stage_config(
+            tmp_path,
+            "localize.methods=[judge, verifier]",
+            "localize.combine=agree",
+            "localize.concurrency=2",
+            f"localize.judge.base_url={server.url}",
+            "localize.judge.model=fake-judge",
+            "localize.judge.backoff_s=0.01",
+            "localize.judge.max_retries=2",
+            "localize.judge.requests_per_second=200",
+        )
+        write_samples(RunDir.from_config(config).path, samples)
+        stats = localize.run(config)
+        rows = {
+            r["sample_id"]: r for r in ShardSet(Path(config.run_dir) / "localized").rows(kind="localized")
+        }
+        assert sorted(rows) == sorted(truth)  # every wrong sample has a row: a verdict or an error
+        for sid, row in rows.items():
+            if sid.startswith("p3"):
+                assert row["error"].startswith("disagree") and "HTTP 400" in row["error"]
+            elif sid == disagree:
+                assert row["error"] == "disagree: judge=1, verifier=3"
+            else:
+                assert row["error"] is None and row["first_wrong_step"] == truth[sid]
+        p3 = sum(1 for s in truth if s.startswith("p3"))
+        assert stats["per_method"]["judge"]["errors"] == p3
+        assert stats["per_method"]["verifier"] == {"labelled": len(truth)}
+        assert stats["disagreements"] == p3 + 1
+        assert stats["agreement"] == {
+            "rows_all_answered": len(truth) - p3,
+            "all_agree": len(truth) - p3 - 1,
+            "rate": round((len(truth) - p3 - 1) / (len(truth) - p3), 4),
+        }
+        judge = stats["judge"]
+        assert judge["requests"] == server.num_requests == len(truth) + 2
+        assert judge["prompt_tokens"] > 0 and judge["completion_tokens"] > 0 and judge["cached"] == 0
+        assert RunDir.from_config(config).read_manifest()["stages"]["localize"]["judge"] == judge
+
+        # a fresh localization of the same samples is served from the judge cache: zero requests
+        for f in ShardSet(Path(config.run_dir) / "localized").files():
+            f.unlink()
+        before = server.num_requests
+        again = localize.run(config)
+        assert server.num_requests - before == p3  # only the rows that never got a reply are asked again
+        assert again["judge"]["cached"] == len(truth) - p3
+
+
+@pytest.mark.slow
+def test_localize_stage_with_rollouts_of_a_real_model_in_actors(tmp_path, ray_local, tiny_model) -> None:
+    """Plumbing with the real HF engine in Ray Data actors; a random tiny model never reaches the gold,
+    so every prefix probed is dead and bisection ends at step 1 after a single probe."""
+    from raystep.stages import localize
+
+    config = stage_config(
+        tmp_path,
+        "localize.methods=[rollout]",
+        f"model.path={tiny_model}",
+        "model.template=plain",
+        "localize.rollout.num_rollouts=2",
+        "localize.rollout.max_new_tokens=6",
+    )
+    samples, truth = make_samples(2)
+    write_samples(RunDir.from_config(config).path, samples)
+    stats = localize.run(config)
+    rows = ShardSet(Path(config.run_dir) / "localized").rows(kind="localized")
+    assert sorted(r["sample_id"] for r in rows) == sorted(truth)
+    for row in rows:
+        ev = json.loads(row["evidence"])
+        assert row["error"] is None and row["localizer"] == "rollout"
+        assert ev["probes"] == [{"step": 1, "rate": 0.0, "n": 2, "alive": False}]
+        assert row["first_wrong_step"] == 1
+    assert stats["rollout"] == {"rows": len(truth), "rollouts": 2 * len(truth), "probes": len(truth)}
+
+
+def bench_rows() -> list[dict[str, Any]]:
+    """ProcessBench form: no step headers, 0-based label or -1."""
+    return [
+        {"id": "b0", "problem": "Add from 1.", "steps": ["1 + 1 = 2", "2 + 2 = 4", "4 + 3 = 7"], "label": -1},
+        {"id": "b1", "problem": "Add from 2.", "steps": ["2 + 1 = 4", "4 + 2 = 6"], "label": 0},
+        {"id": "b2", "problem": "Add from 3.", "steps": ["3 + 1 = 4", "4 + 2 = 7", "7 + 3 = 10"], "label": 1},
+        {"id": "b3", "problem": "Add from 4.", "steps": ["4 + 1 = 5", "5 + 2 = 7", "7 + 3 = 11"], "label": 2},
+        {"id": "b4", "problem": "Add from 5.", "steps": ["5 + 1 = 6", "6 + 2 = 8"], "label": -1},
+        {"id": "b5", "problem": "Add from 6.", "steps": ["6 + 1 = 8", "8 + 2 = 10"], "label": 0},
+    ]
+
+
+def test_localize_bench_end_to_end_with_the_verifier(tmp_path, capsys) -> None:
+    data = tmp_path / "bench.jsonl"
+    write_jsonl(data, bench_rows())
+    out = tmp_path / "report"
+    code = cli_main(
+        ["localize-bench", "--data", str(data), "--out", str(out), "--set", "localize.methods=[verifier]"]
+        + ["--set", f"localize.verifier={LOCAL_CHECKER}"]
+    )
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 6 and report["n_wrong"] == 4 and report["n_correct"] == 2
+    assert report["acc_wrong"] == 1.0 and report["acc_correct"] == 1.0 and report["f1"] == 1.0
+    preds = read_jsonl(out / "predictions.jsonl")
+    assert [p["pred"] for p in preds] == [r["label"] for r in bench_rows()]
+    assert "F1             100.0" in capsys.readouterr().out
+
+
+def test_localize_bench_with_the_judge_scores_its_mistakes(tmp_path) -> None:
+    from fake_openai import FakeOpenAI, last_user_text, verdict_reply
+
+    from raystep.stages.localize_bench import load_labelled, run_bench
+
+    # the fake judge: right on b0, b1, b3; says b2 goes wrong at its first step (label 1);
+    # flags a step of the correct b4; b5 always gets HTTP 400 (an error, counted as a miss)
+    scripted = {"Add from 1.": 0, "Add from 2.": 1, "Add from 3.": 1, "Add from 4.": 3, "Add from 5.": 2}
+
+    def responder(body: dict[str, Any]) -> str:
+        text = last_user_text(body)
+        problem = re.search(r"### Problem\n(.*)\n", text).group(1)
+        return verdict_reply(scripted[problem], len(re.findall(r"^Step \d+:", text, re.M)), "json")
+
+    data = tmp_path / "bench.jsonl"
+    write_jsonl(data, bench_rows())
+    with FakeOpenAI(responder, {"Add from 6.": ["400"]}) as server:
+        config = load_config(
+            None,
+            [
+                "localize.methods=[judge]",
+                f"localize.judge.base_url={server.url}",
+                "localize.judge.backoff_s=0.01",
+                "localize.judge.requests_per_second=200",
+            ],
+        )
+        report = run_bench(config, load_labelled(str(data)), tmp_path / "out")
+    assert report["acc_wrong"] == 2 / 4  # b1, b3 right; b2 wrong; b5 an error
+    assert report["acc_correct"] == 1 / 2  # b0 right, b4 wrong
+    assert report["f1"] == pytest.approx(2 * 0.5 * 0.5 / 1.0)
+    assert report["errors"] == 1
+
+
+def test_localize_bench_rejects_bad_rows_and_names_them(tmp_path, monkeypatch) -> None:
+    from raystep.stages.localize_bench import load_labelled
+
+    data = tmp_path / "bad.jsonl"
+    rows = bench_rows()
+    rows[2]["label"] = 7
+    write_jsonl(data, rows)
+    with pytest.raises(RowError, match=r"bad\.jsonl:3: field 'label'"):
+        load_labelled(str(data))
+    assert len(load_labelled(str(data), limit=2)) == 2
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="pass a local file with --data"):
+        load_labelled(None, "gsm8k")

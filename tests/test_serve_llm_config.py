@@ -1,0 +1,166 @@
+"""The GPU serving config (``ray.serve.llm``, vLLM) checked without vLLM, and the CLI around it.
+
+vLLM is not installed here, so ``ray.serve.llm`` cannot be imported: what is checked is the config it
+would take — against Serve's own ``ServeDeploySchema`` and Ray LLM's ``LLMConfig`` model (importable
+from ``ray.llm._internal`` without vLLM) — and that ``--engine vllm`` fails with a clear hint.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.config import AutoscalingConfig
+from ray.serve.schema import ServeDeploySchema
+
+from raystep.cli import main as cli_main
+from raystep.config import RunConfig
+from raystep.serve.llm import (
+    AUTH_INGRESS,
+    IMPORT_PATH,
+    is_loopback,
+    llm_config,
+    model_source,
+    serve_config,
+    serve_config_yaml,
+    vllm_available,
+    write_serve_config,
+)
+from raystep.serve.run import ServeStartError, api_key_digest, base_url, start
+
+
+def gpu_config(**serve: object) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "name": "qwen-7b",
+            "storage": {"root": "/mnt/runs"},
+            "model": {"dtype": "bfloat16"},
+            "serve": {
+                "engine": "vllm",
+                "model_id": "qwen-7b-stepdpo",
+                "tensor_parallel_size": 4,
+                "min_replicas": 1,
+                "max_replicas": 3,
+                "max_context": 4096,
+                "accelerator_type": "H100",
+                "engine_kwargs": {"gpu_memory_utilization": 0.85, "enable_prefix_caching": True},
+                **serve,
+            },
+        }
+    )
+
+
+def test_emitted_yaml_validates_as_a_serve_deploy_config_and_round_trips(tmp_path: Path):
+    config = gpu_config()
+    path = write_serve_config(config, tmp_path / "serve.yaml")
+    loaded = yaml.safe_load(path.read_text())
+    assert loaded == serve_config(config)
+    schema = ServeDeploySchema.model_validate(loaded)
+    (app,) = schema.applications
+    assert app.import_path == IMPORT_PATH == "ray.serve.llm:build_openai_app"
+    assert app.route_prefix == "/"
+    assert schema.http_options.host == "127.0.0.1" and schema.http_options.port == 8000
+    assert app.args == loaded["applications"][0]["args"]
+    # Serve's own dump of the validated config reads back to the same schema.
+    again = ServeDeploySchema.model_validate(
+        yaml.safe_load(yaml.safe_dump(schema.model_dump(exclude_unset=True)))
+    )
+    assert again == schema
+
+
+def test_llm_config_is_accepted_by_ray_llm(tmp_path: Path):
+    from ray.llm._internal.serve.core.configs.llm_config import LLMConfig  # the model behind ray.serve.llm
+
+    raw = llm_config(gpu_config())
+    parsed = LLMConfig.model_validate(raw)
+    assert parsed.model_id == "qwen-7b-stepdpo"
+    assert parsed.model_loading_config.model_source == "/mnt/runs/qwen-7b/model"
+    assert parsed.engine_kwargs == {
+        "tensor_parallel_size": 4,
+        "max_model_len": 4096,
+        "dtype": "bfloat16",
+        "gpu_memory_utilization": 0.85,
+        "enable_prefix_caching": True,
+    }
+    assert parsed.accelerator_type == "H100"
+    scaling = AutoscalingConfig.model_validate(parsed.deployment_config["autoscaling_config"])
+    assert (scaling.min_replicas, scaling.initial_replicas, scaling.max_replicas) == (1, 1, 3)
+    assert parsed.deployment_config["max_ongoing_requests"] == 64
+    with pytest.raises(ValueError):  # a typo'd accelerator is caught by the same model
+        LLMConfig.model_validate({**raw, "accelerator_type": "H1OO"})
+
+
+def test_model_source_is_the_run_folder_a_bucket_or_the_override():
+    assert model_source(gpu_config()) == "/mnt/runs/qwen-7b/model"
+    bucket = RunConfig.model_validate({"name": "r1", "storage": {"root": "s3://bucket/runs/"}})
+    assert model_source(bucket) == "s3://bucket/runs/r1/model"
+    assert llm_config(bucket)["model_loading_config"]["model_source"] == "s3://bucket/runs/r1/model"
+    assert model_source(gpu_config(model="gs://b/exported")) == "gs://b/exported"
+
+
+def test_public_bind_gets_a_key_checking_ingress_without_the_key(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("RAYSTEP_API_KEY", "super-secret-value")
+    private = serve_config(gpu_config())
+    assert "ingress_cls_config" not in private["applications"][0]["args"]
+    public = gpu_config(host="0.0.0.0")
+    text = serve_config_yaml(public)
+    assert "super-secret-value" not in text
+    args = yaml.safe_load(text)["applications"][0]["args"]
+    assert args["ingress_cls_config"] == {
+        "ingress_cls": AUTH_INGRESS,
+        "ingress_extra_kwargs": {"api_key_env": "RAYSTEP_API_KEY"},
+    }
+    module, _, name = AUTH_INGRESS.partition(":")
+    assert name == "BearerAuthIngress"
+    assert callable(importlib.import_module(module).with_bearer_auth)
+    ServeDeploySchema.model_validate(yaml.safe_load(text))
+
+
+def test_loopback_detection():
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.5", "example.com"))
+
+
+def test_public_bind_without_key_is_refused(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("RAYSTEP_UNSET_KEY", raising=False)
+    public = RunConfig.model_validate({"serve": {"host": "0.0.0.0", "api_key_env": "RAYSTEP_UNSET_KEY"}})
+    with pytest.raises(ServeStartError, match="RAYSTEP_UNSET_KEY"):
+        start(public)
+    loopback = RunConfig.model_validate({"serve": {"host": "127.0.0.1", "api_key_env": "RAYSTEP_UNSET_KEY"}})
+    assert api_key_digest(loopback) is None
+    monkeypatch.setenv("RAYSTEP_UNSET_KEY", "s3cret")
+    digest = api_key_digest(public)
+    assert digest is not None and "s3cret" not in digest
+    assert api_key_digest(loopback) == digest  # a key that is set is enforced on loopback too
+    assert base_url(public) == "http://127.0.0.1:8000/v1"
+
+
+def test_cli_emit_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "deploy" / "serve.yaml"
+    rc = cli_main(
+        ["serve", "--emit-config", str(out), "--host", "0.0.0.0", "--set", "serve.tensor_parallel_size=2"]
+    )
+    assert rc == 0
+    assert str(out) in capsys.readouterr().out
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(out.read_text()))
+    assert schema.http_options.host == "0.0.0.0"
+    args = schema.applications[0].args
+    assert args["llm_configs"][0]["engine_kwargs"]["tensor_parallel_size"] == 2
+    assert args["ingress_cls_config"]["ingress_cls"] == AUTH_INGRESS
+
+
+def test_cli_vllm_engine_without_vllm_points_to_the_gpu_extra(capsys: pytest.CaptureFixture[str]):
+    assert not vllm_available(), "this check is for machines without vLLM"
+    assert cli_main(["serve", "--engine", "vllm"]) == 2
+    err = capsys.readouterr().err
+    assert "vLLM" in err and "raystep[gpu]" in err
+
+
+def test_cli_hf_engine_without_a_model_says_where_it_looked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    rc = cli_main(["serve", "--set", f"storage.root={tmp_path}", "--set", "name=nomodel"])
+    assert rc == 2
+    assert str(tmp_path / "nomodel" / "model") in capsys.readouterr().err

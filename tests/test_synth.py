@@ -1,0 +1,205 @@
+"""The arithmetic world, its exact step verifier, and the tiny policy's warm-up."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raystep.config import load_config
+from raystep.steps import STEP_PRIMER, split_steps
+from raystep.synth import verify
+from raystep.synth.policy import (
+    PolicySettings,
+    completion_text,
+    ensure_policy,
+    evaluate_policy,
+    is_well_formed,
+    warmup_examples,
+)
+from raystep.synth.world import (
+    MISTAKES,
+    WorldSpec,
+    apply_op,
+    generate,
+    load_problems,
+    solution,
+    solution_with_mistake,
+)
+
+SPEC = WorldSpec()
+NUMBER = re.compile(r"\d+")
+
+
+# ---- the world ---------------------------------------------------------------------------------------
+
+
+def test_generation_is_deterministic_by_seed_and_split():
+    a = [p.question for p in generate(SPEC, 40, seed=3, split="train")]
+    b = [p.question for p in generate(SPEC, 40, seed=3, split="train")]
+    c = [p.question for p in generate(SPEC, 40, seed=4, split="train")]
+    assert a == b
+    assert a != c
+    assert len(set(a)) == 40
+
+
+def test_splits_never_share_a_question():
+    questions = {s: {p.question for p in generate(SPEC, 300, seed=0, split=s)} for s in ("sft", "train", "test")}
+    assert not questions["sft"] & questions["train"]
+    assert not questions["sft"] & questions["test"]
+    assert not questions["train"] & questions["test"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    min_steps=st.integers(1, 3),
+    extra_steps=st.integers(0, 2),
+    max_operand=st.integers(5, 40),
+    ops=st.sets(st.sampled_from(["+", "-", "*", "/"]), min_size=1),
+)
+def test_knobs_bound_the_problems(seed, min_steps, extra_steps, max_operand, ops):
+    spec = WorldSpec(
+        min_steps=min_steps,
+        max_steps=min_steps + extra_steps,
+        min_operand=2,
+        max_operand=max_operand,
+        max_value=4 * max_operand,
+        operators=tuple(sorted(ops)),
+    )
+    for p in generate(spec, 5, seed=seed, split="train"):
+        assert spec.min_steps <= len(p.events) <= spec.max_steps
+        assert spec.min_operand <= p.start <= spec.max_operand
+        for e in p.events:
+            assert e.op in ops
+            if e.op in "+-":
+                assert spec.min_operand <= e.n <= spec.max_operand
+            else:
+                assert 2 <= e.n <= spec.max_factor
+        assert all(1 <= v <= spec.max_value for v in p.values())
+
+
+def test_bad_knobs_are_clear_errors():
+    with pytest.raises(ValueError, match="min_steps"):
+        WorldSpec(min_steps=3, max_steps=2)
+    with pytest.raises(ValueError, match="operators"):
+        WorldSpec(operators=("^",))
+
+
+def test_solution_states_one_true_computation_per_step_and_the_answer():
+    for p in generate(SPEC, 50, seed=1, split="test"):
+        text = solution(p)
+        parts = split_steps(STEP_PRIMER + completion_text(text))
+        assert parts.style == "header"
+        assert len(parts) == len(p.events)
+        assert parts.preamble == "Let's think step by step.\n"
+        for k in range(1, len(parts) + 1):
+            a, op, b, c = re.search(r"(-?\d+) ([-+*/]) (-?\d+) = (-?\d+)", parts.body(k)).groups()
+            assert apply_op(int(a), op, int(b)) == int(c) == p.values()[k]
+        assert text.endswith(f"The answer is \\boxed{{{p.answer}}}.")
+        assert is_well_formed(STEP_PRIMER + completion_text(text))
+
+
+def test_load_problems_reads_the_config_section():
+    cfg = load_config(
+        None, ["data.source=synth", "data.split=test", "data.limit=12", "data.synth.seed=7", "data.synth.max_steps=2"]
+    )
+    rows = load_problems(cfg.data)
+    assert len(rows) == 12
+    assert {r["dataset"] for r in rows} == {"synth"}
+    assert len({r["id"] for r in rows}) == 12
+    assert all(r["level"] <= 2 for r in rows)
+    assert rows == load_problems(cfg.data)
+    for r in rows:
+        assert r["solution"].endswith(f"\\boxed{{{r['answer']}}}.")
+    with pytest.raises(ValueError, match="data.split"):
+        load_problems(load_config(None, ["data.source=synth", "data.split=validation"]).data)
+
+
+# ---- the exact verifier ------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 100_000), data=st.data())
+def test_first_wrong_step_finds_an_injected_mistake_exactly(seed, data):
+    p = generate(WorldSpec(min_steps=1, max_steps=4, operators=("+", "-", "*", "/")), 1, seed=seed)[0]
+    k = data.draw(st.integers(1, len(p.events)), label="k")
+    kind = data.draw(st.sampled_from(MISTAKES), label="kind")
+    text = solution_with_mistake(p, k, kind, random.Random(seed))
+    steps = list(split_steps(text).steps)
+    assert verify.first_wrong_step(p.question, steps) == k
+    # bodies without their headers are judged the same way
+    bodies = [split_steps(text).body(i) for i in range(1, len(steps) + 1)]
+    assert verify.first_wrong_step(p.question, bodies) == k
+
+
+def test_first_wrong_step_is_zero_on_correct_and_cut_off_solutions():
+    for p in generate(SPEC, 50, seed=2):
+        steps = list(split_steps(solution(p)).steps)
+        assert verify.first_wrong_step(p.question, steps) == 0
+        # a solution cut off before its answer has no wrong step yet (the grader marks it wrong)
+        assert verify.first_wrong_step(p.question, steps[:-1]) == 0
+
+
+def test_first_wrong_step_catches_premature_answers_extra_steps_and_missing_computations():
+    p = generate(WorldSpec(min_steps=3, max_steps=3), 1, seed=5)[0]
+    steps = list(split_steps(solution(p)).steps)
+    v = p.values()
+    early = steps[0].rstrip("\n") + f"\nThe answer is \\boxed{{{v[1]}}}."
+    assert verify.first_wrong_step(p.question, [early]) == 1
+    assert verify.first_wrong_step(p.question, steps[:2] + ["Step 3: I am not sure.\n"]) == 3
+    extra = [*steps, f"Step 4: So {v[-1]} + 1 = {v[-1] + 1}.\n"]
+    assert verify.first_wrong_step(p.question, extra) == 4
+    wrong_final = steps[:-1] + [steps[-1].replace(f"\\boxed{{{v[-1]}}}", f"\\boxed{{{v[-1] + 1}}}")]
+    assert verify.first_wrong_step(p.question, wrong_final) == 3
+    # commutative operands in the other order are right
+    swapped = steps[0]
+    m = re.search(r"(\d+) ([+*]) (\d+) =", swapped)
+    if m:
+        swapped = swapped.replace(m.group(0), f"{m.group(3)} {m.group(2)} {m.group(1)} =")
+        assert verify.first_wrong_step(p.question, [swapped, *steps[1:]]) == 0
+
+
+def test_first_wrong_step_rejects_foreign_questions():
+    with pytest.raises(verify.NotASynthQuestion):
+        verify.first_wrong_step("Natalia sold clips to 48 of her friends in April.", ["Step 1: 48 / 2 = 24."])
+
+
+# ---- the policy --------------------------------------------------------------------------------------
+
+
+def test_warmup_data_mixes_correct_and_mistaken_solutions():
+    s = PolicySettings(num_examples=400, mistake_rate=0.3)
+    examples = warmup_examples(s)
+    assert examples == warmup_examples(s)
+    wrong = sum(1 for *_, w in examples if w)
+    assert 0.2 < wrong / len(examples) < 0.4
+    for prompt, completion, _ in examples[:20]:
+        assert prompt.startswith("Question: ") and prompt.endswith("\nAnswer: " + STEP_PRIMER)
+        assert is_well_formed(STEP_PRIMER + completion)
+
+
+@pytest.mark.slow
+def test_short_warmup_learns_the_step_format_and_is_cached(tmp_path):
+    quick = PolicySettings(
+        num_examples=800, steps=120, batch_size=16, hidden_size=64, num_layers=2, intermediate_size=128
+    )
+    folder, stats = ensure_policy(tmp_path / "policy", quick, progress=False)
+    assert stats["cached"] is False
+    assert stats["final_loss"] < stats["loss_curve"][0] / 2
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "warmup.json"):
+        assert (folder / name).exists(), name
+    rows = load_problems(load_config(None, ["data.source=synth", "data.split=test", "data.limit=24"]).data)
+    result = evaluate_policy(folder, rows, template="plain")
+    assert result["well_formed"] > 0.5, result["responses"][:3]
+    assert len(result["responses"]) == 24
+
+    mtime = (folder / "model.safetensors").stat().st_mtime_ns
+    again, stats2 = ensure_policy(folder, quick, progress=False)
+    assert stats2["cached"] is True
+    assert (again / "model.safetensors").stat().st_mtime_ns == mtime
+    assert json.loads((folder / "warmup.json").read_text())["fingerprint"] == quick.fingerprint()
