@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -37,15 +38,35 @@ from raystep.train.step import StepSettings, dpo_step  # noqa: E402
 
 SIZES: dict[str, dict[str, int]] = {
     # hidden, layers, heads, kv heads, intermediate, vocab (None: the tokenizer's)
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128),
-    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=1024),
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+    ),
+    "small": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=1024,
+    ),
     "0.5b": dict(
-        hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-        intermediate_size=4864, vocab_size=151936,
+        hidden_size=896,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        intermediate_size=4864,
+        vocab_size=151936,
     ),
     "1.5b": dict(
-        hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-        intermediate_size=8960, vocab_size=151936,
+        hidden_size=1536,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        intermediate_size=8960,
+        vocab_size=151936,
     ),
 }
 """``0.5b`` / ``1.5b`` follow Qwen2-0.5B / Qwen2-1.5B's shapes (vocabulary included)."""
@@ -76,48 +97,71 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_config(model, ref_model, pairs, layout: str, args, device: str) -> dict:
-    """Mean over ``args.steps`` timed steps (after one warm-up) of a full optimizer step."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-7)
-    settings = StepSettings(beta=0.5)
-    batches = [pairs[i : i + args.batch_pairs] for i in range(0, len(pairs) - args.batch_pairs + 1, args.batch_pairs)]
-    tokens = ref_tokens = n_pairs = 0
-    seconds = 0.0
-    for i in range(args.steps + 1):
-        chunk = batches[i % len(batches)]
-        batch = build_batch(chunk, layout, args.pack_tokens).to(device)
-        sync(device)
+class Runner:
+    """One configuration: its layout, reference mode and optimizer; ``step`` times one optimizer step."""
+
+    def __init__(self, model, ref_model, layout: str, device: str):
+        self.model, self.ref_model, self.layout, self.device = model, ref_model, layout, device
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-7)
+        self.times: list[float] = []
+        self.pairs = self.tokens = self.ref_tokens = 0
+
+    def step(self, chunk, pack_tokens: int, record: bool) -> None:
+        batch = build_batch(chunk, self.layout, pack_tokens).to(self.device)
+        sync(self.device)
         t0 = time.perf_counter()
-        out = dpo_step(model, batch, settings, ref_model)
+        out = dpo_step(self.model, batch, StepSettings(beta=0.5), self.ref_model)
         out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        if i == 0:
-            continue  # warm-up
-        seconds += time.perf_counter() - t0
-        tokens += batch.real_tokens
-        ref_tokens += batch.real_tokens if ref_model is not None else 0
-        n_pairs += batch.num_pairs
-    del optimizer
-    return {
-        "seconds_per_pair": seconds / n_pairs,
-        "tokens_per_pair": (tokens + ref_tokens) / n_pairs,
-        "train_tokens_per_s": tokens / seconds,
-        "seconds": seconds,
-        "train_tokens": tokens,
-        "ref_tokens": ref_tokens,
-    }
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        sync(self.device)
+        if not record:
+            return
+        self.times.append((time.perf_counter() - t0) / batch.num_pairs)
+        self.pairs += batch.num_pairs
+        self.tokens += batch.real_tokens
+        self.ref_tokens += batch.real_tokens if self.ref_model is not None else 0
+
+    def result(self) -> dict:
+        per_pair = statistics.median(self.times)
+        return {
+            "seconds_per_pair": per_pair,
+            "tokens_per_pair": (self.tokens + self.ref_tokens) / self.pairs,
+            "train_tokens_per_s": self.tokens / self.pairs / per_pair,
+            "seconds": per_pair * self.pairs,
+            "train_tokens": self.tokens,
+            "ref_tokens": self.ref_tokens,
+        }
+
+
+def run_interleaved(runners: dict[str, Runner], pairs, args) -> dict[str, dict]:
+    """Round-robin over the configurations (one warm-up round), so load drift hits them all alike;
+    the median time per pair of each is reported."""
+    bp = args.batch_pairs
+    batches = [pairs[i : i + bp] for i in range(0, len(pairs) - bp + 1, bp)]
+    for i in range(args.steps + 1):
+        for runner in runners.values():
+            runner.step(batches[i % len(batches)], args.pack_tokens, record=i > 0)
+    return {name: r.result() for name, r in runners.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--model-size", default="small", choices=list(SIZES))
     parser.add_argument("--pairs", type=int, default=64, help="pairs made from GSM8K train")
     parser.add_argument("--batch-pairs", type=int, default=8, help="pairs per training step (micro-batch)")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per configuration (after one warm-up)")
-    parser.add_argument("--pack-tokens", type=int, default=4096)
+    parser.add_argument(
+        "--steps", type=int, default=6, help="timed steps per configuration (after one warm-up)"
+    )
+    parser.add_argument(
+        "--pack-tokens",
+        type=int,
+        default=512,
+        help="row budget of the shared layout (attention under a dense mask is quadratic in the row length)",
+    )
     parser.add_argument("--epochs", type=int, default=8, help="for the amortised reference ratio (paper: 8)")
     parser.add_argument("--template", default="qwen2-boxed")
     parser.add_argument("--data", default=None, help="GSM8K train.jsonl (default: the shared data folder)")
@@ -158,19 +202,28 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    score_pairs(ref_model, pairs[: args.batch_pairs], batch_pairs=args.batch_pairs, device=device)  # warm-up
     sync(device)
     t0 = time.perf_counter()
-    attach(pairs, score_pairs(ref_model, pairs, batch_pairs=args.batch_pairs, pack_tokens=args.pack_tokens, device=device))
+    attach(
+        pairs,
+        score_pairs(
+            ref_model, pairs, batch_pairs=args.batch_pairs, pack_tokens=args.pack_tokens, device=device
+        ),
+    )
     sync(device)
     ref_pass = (time.perf_counter() - t0) / len(pairs)
 
-    results = {
-        "shared + precomputed": time_config(model, None, pairs, "shared", args, device),
-        "two-seq + precomputed": time_config(model, None, pairs, "two_sequence", args, device),
-        "shared + live": time_config(model, ref_model, pairs, "shared", args, device),
+    runners = {
+        "shared + precomputed": Runner(model, None, "shared", device),
+        "two-seq + precomputed": Runner(model, None, "two_sequence", device),
+        "shared + live": Runner(model, ref_model, "shared", device),
     }
+    results = run_interleaved(runners, pairs, args)
     for r in results.values():
-        r["mfu"] = mfu(n_params, r["train_tokens"], r["seconds"], device_name) if device.startswith("cuda") else None
+        r["mfu"] = (
+            mfu(n_params, r["train_tokens"], r["seconds"], device_name) if device.startswith("cuda") else None
+        )
         if r["mfu"] is not None and r["ref_tokens"]:  # the live reference's forward counts as useful work too
             r["mfu"] += mfu(n_params, r["ref_tokens"], r["seconds"], device_name) / 3
 
@@ -181,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:<24}{r['tokens_per_pair']:>12.0f}{1000 * r['seconds_per_pair']:>10.1f}"
             f"{r['train_tokens_per_s']:>13.0f}{m:>8}"
         )
-    shared, two, live = (results[k] for k in ("shared + precomputed", "two-seq + precomputed", "shared + live"))
+    shared, two, live = (
+        results[k] for k in ("shared + precomputed", "two-seq + precomputed", "shared + live")
+    )
     ratios = {
         "prefix_sharing_speedup": two["seconds_per_pair"] / shared["seconds_per_pair"],
         "prefix_sharing_token_ratio": two["tokens_per_pair"] / shared["tokens_per_pair"],
@@ -201,7 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"args": vars(args), "n_params": n_params, "device": device_name, "results": results, **ratios}, indent=2)
+            json.dumps(
+                {
+                    "args": vars(args),
+                    "n_params": n_params,
+                    "device": device_name,
+                    "results": results,
+                    **ratios,
+                },
+                indent=2,
+            )
         )
     return 0
 

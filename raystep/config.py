@@ -51,9 +51,9 @@ class SynthConfig(Section):
     min_steps: int = Field(default=2, ge=1)
     max_steps: int = Field(default=3, ge=1)
     min_operand: int = Field(default=2, ge=1)
-    max_operand: int = Field(default=20, ge=1)
-    max_factor: int = Field(default=4, ge=2)
-    max_value: int = Field(default=150, ge=2)
+    max_operand: int = Field(default=9, ge=1)
+    max_factor: int = Field(default=3, ge=2)
+    max_value: int = Field(default=40, ge=2)
     operators: list[Literal["+", "-", "*", "/"]] = Field(default_factory=lambda: ["+", "-", "*"])
 
 

@@ -23,6 +23,8 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -59,7 +61,7 @@ class Verdict:
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOXED_SPACE = re.compile(r"\\boxed +([^\s$]+)")
-_ANSWER_IS = re.compile(r"[Tt]he (?:final |correct )?answer is\s*:?\s*")
+_ANSWER_IS = re.compile(r"(?:[Tt]he (?:final |correct )?answer is|[Ff]inal [Aa]nswer\s*:)\s*:?\s*")
 _GSM8K = re.compile(r"####\s*")
 _CALC = re.compile(r"<<[^<>\n]*>>")
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
@@ -242,6 +244,24 @@ def _wrap(answer: str) -> str:
     return f"${s}$"
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its parent dies: a worker stuck in a C call (a huge power)
+    never reads its stdin EOF and holds the GIL, so nothing inside it could notice. Elsewhere, the
+    worker exits on stdin EOF once its current item ends."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(0)
+
+
 def _worker_main(inner_timeout: int, max_memory_mb: int) -> None:
     """Read ``{"i", "pred", "gold"}`` lines, write ``{"i", "correct", "status", "detail"}`` lines."""
     import logging
@@ -254,6 +274,8 @@ def _worker_main(inner_timeout: int, max_memory_mb: int) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         except (ImportError, ValueError, OSError):
             pass
+
+    _die_with_parent()
 
     from math_verify import parse, verify
 
@@ -272,7 +294,10 @@ def _worker_main(inner_timeout: int, max_memory_mb: int) -> None:
         lg.propagate = False
         lg.setLevel(logging.WARNING)
 
-    out = sys.stdout
+    # the protocol gets its own copy of stdout; stray prints from any library go to stderr instead
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     out.flush()
     for line in sys.stdin:
@@ -325,9 +350,10 @@ class _Worker:
 class Grader:
     """Grades responses against golds with math-verify in ``workers`` processes.
 
-    ``timeout_s`` is the hard limit for one item once a worker takes it; math-verify's own per-call
-    timeouts are set to about a third of it so that most slow items end inside the worker, which then
-    lives on (``inner_timeout_s`` sets them; whole seconds, as ``signal.alarm`` takes). ``fast_path=False`` sends every answer to math-verify (to measure or test it alone).
+    ``timeout_s`` is the hard limit for one item once a worker takes it. math-verify's own per-call
+    timeouts (``inner_timeout_s``; whole seconds, as ``signal.alarm`` takes) default to half of it, so
+    most slow items end inside the worker, which then lives on. ``fast_path=False`` sends every answer
+    to math-verify (to measure or test it alone).
     Use as a context manager, or call ``close()``.
     """
 
@@ -348,7 +374,7 @@ class Grader:
             raise ValueError("timeout_s must be > 0")
         self.workers = workers
         self.timeout_s = float(timeout_s)
-        self.inner_timeout = inner_timeout_s if inner_timeout_s is not None else max(1, int(timeout_s // 3))
+        self.inner_timeout = inner_timeout_s if inner_timeout_s is not None else max(1, int(timeout_s // 2))
         self.max_answer_chars = max_answer_chars
         self.max_memory_mb = max_memory_mb
         self.startup_timeout_s = startup_timeout_s
@@ -363,6 +389,7 @@ class Grader:
             **{f"method_{m}": 0 for m in METHODS},
         }
         self._pool: list[_Worker] = []
+        self._spawner: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._closed = False
 
@@ -398,8 +425,18 @@ class Grader:
                 w.proc.wait()
             if w.proc.stdout:
                 w.proc.stdout.close()
+        if self._spawner is not None:
+            self._spawner.shutdown(wait=False)
+            self._spawner = None
 
     def _spawn(self) -> _Worker:
+        """Start a worker from the grader's own long-lived thread: on Linux a worker dies with the
+        thread that started it (``PR_SET_PDEATHSIG``), and callers' threads may come and go."""
+        if self._spawner is None:
+            self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raystep-grader")
+        return self._spawner.submit(self._popen).result()
+
+    def _popen(self) -> _Worker:
         root = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -477,6 +514,10 @@ class Grader:
         preds: list[tuple[str | None, str]],
         verdicts: list[Verdict | None],
     ) -> None:
+        for w in list(self._pool):
+            if w.item is not None:  # left busy by an interrupted call: its answer must not land here
+                w.item = None
+                self._replace(w)
         while len(self._pool) < self.workers:
             self._pool.append(self._spawn())
         bar = None
@@ -485,6 +526,17 @@ class Grader:
 
             bar = tqdm(total=len(todo), desc="grading", unit="ans")
         remaining = len(todo)
+        jobs = {i: (pred, gold) for i, pred, gold in todo}
+        attempts: dict[int, int] = {}
+
+        def retry(i: int) -> bool:
+            """Requeue an item whose worker died under it, once; a second death is the item's verdict."""
+            attempts[i] = attempts.get(i, 0) + 1
+            if attempts[i] > 1:
+                return False
+            todo.appendleft((i, *jobs[i]))
+            return True
+
         sel = selectors.DefaultSelector()
         try:
             while remaining:
@@ -519,7 +571,7 @@ class Grader:
                     sel.unregister(key.fileobj)
                 for key, _ in events:
                     w = key.data
-                    done = self._read(w, preds, verdicts)
+                    done = self._read(w, preds, verdicts, retry)
                     remaining -= done
                     if bar is not None and done:
                         bar.update(done)
@@ -555,8 +607,15 @@ class Grader:
     def _elapsed(self, w: _Worker) -> float:
         return round(time.monotonic() - (w.deadline - self.timeout_s), 4)
 
-    def _read(self, w: _Worker, preds: list[tuple[str | None, str]], verdicts: list[Verdict | None]) -> int:
-        """Consume what a worker wrote; returns how many items it finished. A dead worker is replaced."""
+    def _read(
+        self,
+        w: _Worker,
+        preds: list[tuple[str | None, str]],
+        verdicts: list[Verdict | None],
+        retry: Callable[[int], bool],
+    ) -> int:
+        """Consume what a worker wrote; returns how many items it finished. A dead worker is replaced
+        and its item retried once on another (a second death is graded ``error``)."""
         assert w.proc.stdout is not None
         try:
             chunk = os.read(w.proc.stdout.fileno(), 1 << 16)
@@ -564,7 +623,9 @@ class Grader:
             return 0
         if not chunk:  # the worker died (for example killed for memory)
             done = 0
-            if w.item is not None:
+            if w.item is not None and retry(w.item):
+                w.item = None
+            elif w.item is not None:
                 i = w.item
                 pred, method = preds[i]
                 verdicts[i] = Verdict(
@@ -582,7 +643,12 @@ class Grader:
         while b"\n" in w.buf:
             line, _, rest = bytes(w.buf).partition(b"\n")
             w.buf = bytearray(rest)
-            msg = json.loads(line)
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue  # not a protocol line
+            if not isinstance(msg, dict):
+                continue
             if msg.get("ready"):
                 w.ready = True
                 continue

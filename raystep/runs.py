@@ -19,7 +19,7 @@ from typing import Any
 
 from raystep.config import RunConfig
 
-STAGES = ("problems", "samples", "localized", "pairs", "train", "model", "eval")
+STAGES = ("problems", "samples", "localized", "rectified", "pairs", "train", "model", "eval")
 
 
 def library_versions() -> dict[str, str]:

@@ -68,7 +68,10 @@ def taught_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="module")
 def problems_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("problems") / "problems.jsonl"
-    rows = [{"id": f"p{i}", "question": q, "answer": g} for i, (q, g) in enumerate(zip(QUESTIONS, GOLDS))]
+    rows = [
+        {"id": f"p{i}", "question": q, "answer": g}
+        for i, (q, g) in enumerate(zip(QUESTIONS, GOLDS, strict=True))
+    ]
     records.write_jsonl(path, rows)
     return path
 
@@ -85,12 +88,12 @@ def make_config(root: Path, name: str, model: Path, problems: Path, *extra: str)
             f"data.path={problems}",
             "sampling.n=2",
             "sampling.temperature=0.7",
-            "sampling.max_new_tokens=48",
+            "sampling.max_new_tokens=60",
             "sampling.batch_size=4",
             "sampling.shard_size=2",
             "rectify.n=3",
             "rectify.temperature=0.7",
-            "rectify.max_new_tokens=40",
+            "rectify.max_new_tokens=60",
             *extra,
         ],
     )
@@ -191,13 +194,33 @@ def localized_rows() -> list[dict]:
     primer = steps.STEP_PRIMER[: -len("Step 1:")]
     return [
         # step 2 is wrong: the taught step 2 is the chosen one
-        row(0, "p0-s0", primer + "Step 1: 2 + 2 = 4.\nStep 2: 4 * 3 = 14.\nStep 3: The answer is \\boxed{14}.", 2),
+        row(
+            0,
+            "p0-s0",
+            primer + "Step 1: 2 + 2 = 4.\nStep 2: 4 * 3 = 14.\nStep 3: The answer is \\boxed{14}.",
+            2,
+        ),
         # step 1 is wrong
-        row(2, "p2-s0", primer + "Step 1: 2 + 2 = 5.\nStep 2: 5 * 3 = 15.\nStep 3: The answer is \\boxed{15}.", 1),
+        row(
+            2,
+            "p2-s0",
+            primer + "Step 1: 2 + 2 = 5.\nStep 2: 5 * 3 = 15.\nStep 3: The answer is \\boxed{15}.",
+            1,
+        ),
         # the localizer blamed a right step: every correct resample repeats it (chosen == rejected)
-        row(4, "p4-s0", primer + "Step 1: 2 + 2 = 4.\nStep 2: 4 * 3 = 13.\nStep 3: The answer is \\boxed{13}.", 1),
+        row(
+            4,
+            "p4-s0",
+            primer + "Step 1: 2 + 2 = 4.\nStep 2: 4 * 3 = 13.\nStep 3: The answer is \\boxed{13}.",
+            1,
+        ),
         # gold 13: no continuation of this model is ever correct
-        row(1, "p1-s0", primer + "Step 1: 2 + 2 = 5.\nStep 2: 5 * 3 = 15.\nStep 3: The answer is \\boxed{15}.", 1),
+        row(
+            1,
+            "p1-s0",
+            primer + "Step 1: 2 + 2 = 5.\nStep 2: 5 * 3 = 15.\nStep 3: The answer is \\boxed{15}.",
+            1,
+        ),
         row(3, "p3-s0", primer + "Step 1: 1 + 1 = 2.\nStep 2: The answer is \\boxed{2}.", 0),  # no wrong step
         row(0, "p0-s1", primer + "Step 1: 2 + 2 = 4.\nStep 2: 4 * 3 = 12.\nStep 3: \\boxed{12}.", 0, True),
     ]
@@ -292,7 +315,9 @@ def test_rectify_interrupted_in_each_phase_resumes_to_the_same_pairs(
     full_path = RunDir.from_config(full).path
     assert cont_key(run.path) == cont_key(full_path) and len(cont_key(run.path)) == 12
     assert pair_key(run.path) == pair_key(full_path) and pair_key(run.path)
-    assert (run.path / "pairs" / "pairs.jsonl").read_text() == (full_path / "pairs" / "pairs.jsonl").read_text()
+    assert (run.path / "pairs" / "pairs.jsonl").read_text() == (
+        full_path / "pairs" / "pairs.jsonl"
+    ).read_text()
 
 
 def test_unit_buffer_writes_only_complete_units_and_resume_skips_them(tmp_path):
@@ -313,7 +338,9 @@ def test_unit_buffer_writes_only_complete_units_and_resume_skips_them(tmp_path):
 
 
 def test_select_pairs_filters_by_success_rate_then_caps():
-    config = load_config(None, ["rectify.success_rollouts=2", "rectify.min_success_rate=0.6", "rectify.max_pairs_per_sample=1"])
+    config = load_config(
+        None, ["rectify.success_rollouts=2", "rectify.min_success_rate=0.6", "rectify.max_pairs_per_sample=1"]
+    )
     candidates = [{"pair_id": "x-c0"}, {"pair_id": "x-c1"}, {"pair_id": "x-c2"}]
     rollouts = [
         {"pair_id": "x-c0", "correct": True},
@@ -344,13 +371,92 @@ def test_build_candidates_dedupes_and_drops_chosen_equal_to_rejected():
     config = load_config(None, ["rectify.n=4"])
     unit = localized_rows()[0]  # step 2 rejected: " 4 * 3 = 14.\n"
     conts = [
-        {"continuation_index": 0, "seed": 1, "correct": True, "continuation": " 4 * 3 = 12.\nStep 3: 12", "chosen": " 4 * 3 = 12.\n"},
-        {"continuation_index": 1, "seed": 2, "correct": True, "continuation": " 4 *  3 = 12.\n", "chosen": " 4 *  3 = 12.\n"},
-        {"continuation_index": 2, "seed": 3, "correct": True, "continuation": "4 * 3 = 14.", "chosen": "4 * 3 = 14."},
-        {"continuation_index": 3, "seed": 4, "correct": False, "continuation": " 4 * 3 = 11.", "chosen": " 4 * 3 = 11."},
+        {
+            "continuation_index": 0,
+            "seed": 1,
+            "correct": True,
+            "continuation": " 4 * 3 = 12.\nStep 3: 12",
+            "chosen": " 4 * 3 = 12.\n",
+        },
+        {
+            "continuation_index": 1,
+            "seed": 2,
+            "correct": True,
+            "continuation": " 4 *  3 = 12.\n",
+            "chosen": " 4 *  3 = 12.\n",
+        },
+        {
+            "continuation_index": 2,
+            "seed": 3,
+            "correct": True,
+            "continuation": "4 * 3 = 14.",
+            "chosen": "4 * 3 = 14.",
+        },
+        {
+            "continuation_index": 3,
+            "seed": 4,
+            "correct": False,
+            "continuation": " 4 * 3 = 11.",
+            "chosen": " 4 * 3 = 11.",
+        },
     ]
     cands, counts = rectify.build_candidates(unit, conts, config)
     assert [c["chosen"] for c in cands] == [" 4 * 3 = 12.\n"]
     assert counts["dropped_duplicate"] == 1 and counts["dropped_same_as_rejected"] == 1
     assert cands[0]["rectify_success_rate"] == 0.75 and cands[0]["pair_id"] == "p0-s0-k2-c0"
     records.check_row(cands[0], "pair")
+
+
+def oracle_first_wrong_step(response: str) -> int:
+    """The test's localizer: the first step that differs from the taught solution (0: none differs)."""
+    taught = steps.split_steps(steps.STEP_PRIMER + TAUGHT)
+    mine = steps.split_steps(response)
+    for k in range(1, len(mine) + 1):
+        if k > len(taught) or normalize(mine.body(k)) != normalize(taught.body(k)):
+            return k
+    return 0
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.slow
+def test_collect_then_rectify_turns_wrong_samples_into_pairs(
+    ray_local, taught_model, problems_file, tmp_path
+):
+    """collect at a high temperature (wrong samples), an oracle localizer, then rectify."""
+    config = make_config(
+        tmp_path, "chain", taught_model, problems_file, "sampling.temperature=3.0", "sampling.top_p=1.0"
+    )
+    collect.run(config)
+    run = RunDir.from_config(config)
+    samples = read_parquet(run.path / "samples", kind="sample")
+    wrong = [s for s in samples if not s["correct"] and s["answer"] == "12"]
+    assert wrong, "a temperature of 3 should derail some samples of problems the model can solve"
+    localized = [
+        {
+            **s,
+            "first_wrong_step": oracle_first_wrong_step(s["response"]),
+            "localizer": "oracle",
+            "evidence": "{}",
+        }
+        for s in samples
+    ]
+    records.write_parquet(run.stage("localized") / "part-00000.parquet", localized)
+
+    stats = rectify.run(config)
+    pairs = read_parquet(run.path / "pairs", kind="pair")
+    assert stats["units"] == sum(1 for r in localized if not r["correct"] and r["first_wrong_step"] > 0)
+    assert pairs, "rectifying derailed samples of solvable problems must give pairs"
+    taught = steps.split_steps(steps.STEP_PRIMER + TAUGHT)
+    by_sample = {s["sample_id"]: s for s in localized}
+    for p in pairs:
+        source = by_sample[p["sample_id"]]
+        k = p["step_index"]
+        assert k == source["first_wrong_step"] and source["answer"] == "12"
+        assert p["initial_reason_steps"] == steps.split_steps(source["response"]).prefix(k)
+        assert p["rejected"] == steps.split_steps(source["response"]).body(k)
+        assert normalize(p["chosen"]) == normalize(taught.body(k))  # the step the model knows
+        assert p["prompt"] == source["question"] and p["localizer"] == "oracle"
+    assert len(read_jsonl(run.path / "pairs" / "pairs.jsonl", kind="pair")) == len(pairs)

@@ -202,3 +202,15 @@ def test_raystep_config_cli() -> None:
     bad = _raystep("config", "--config", "jobs/configs/tiny-cpu.yaml", "--set", "train.betta=0.25")
     assert bad.returncode == 2
     assert "train.betta" in bad.stderr and "config error" in bad.stderr
+
+
+def test_config_reference_in_docs_is_current() -> None:
+    sys.path.insert(0, str(REPO / "jobs"))
+    try:
+        import render_config_reference as ref
+    finally:
+        sys.path.pop(0)
+    doc = (REPO / "docs" / "sections" / "foundation.md").read_text()
+    assert ref.render() in doc, "the config reference is stale: run python jobs/render_config_reference.py"
+    for key in ("train.beta", "localize.judge.api_key_env", "data.column_map", "serve.host"):
+        assert f"| `{key}` |" in doc

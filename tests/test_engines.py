@@ -111,7 +111,12 @@ def test_temperature_zero_is_greedy_and_seed_independent(generator):
 def test_hf_engine_on_ray_data_matches_direct_calls_and_keeps_failed_rows(ray_local, tiny_model, generator):
     cfg = load_config(
         None,
-        [f"model.path={tiny_model}", "sampling.batch_size=4", "sampling.max_new_tokens=12", "sampling.seed=11"],
+        [
+            f"model.path={tiny_model}",
+            "sampling.batch_size=4",
+            "sampling.max_new_tokens=12",
+            "sampling.seed=11",
+        ],
     )
     rows = []
     for i, prompt in enumerate(PROMPTS):
@@ -163,8 +168,36 @@ def test_vllm_processor_config_from_the_run_config():
     assert vllm_engine.processor_config_kwargs(off)["engine_kwargs"]["enable_prefix_caching"] is False
 
 
+def test_vllm_processor_and_lazy_pipeline_build_without_vllm(ray_local, tiny_model):
+    """The real ``build_processor`` builds (vLLM is needed only to run it): stages, engine kwargs,
+    replicas, and the lazy Dataset plan ``build_generator`` returns for ``engine: vllm``."""
+    cfg = load_config(
+        None,
+        [
+            f"model.path={tiny_model}",
+            "sampling.engine=vllm",
+            "sampling.tensor_parallel_size=2",
+            "sampling.concurrency=3",
+            "sampling.batch_size=32",
+        ],
+    )
+    processor = vllm_engine.build_vllm_processor(cfg, sampling_defaults(cfg))
+    assert processor.list_stage_names() == ["TokenizeStage", "vLLMEngineStage", "DetokenizeStage"]
+    stage = processor.get_stage_by_name("vLLMEngineStage")
+    assert stage.fn_constructor_kwargs["engine_kwargs"]["enable_prefix_caching"] is True
+    assert stage.fn_constructor_kwargs["engine_kwargs"]["tensor_parallel_size"] == 2
+    assert stage.fn_constructor_kwargs["should_continue_on_error"] is True
+    compute = stage.map_batches_kwargs["compute"]
+    assert (compute.min_size, compute.max_size) == (3, 3)
+    ds = build_generator(cfg)(ray_local.data.from_items([{"prompt": "x", "sampling": sampling(1)}]))
+    plan = str(ds)  # lazy: nothing runs, so no vLLM is needed
+    assert "vLLMEngineStageUDF" in plan and "finalize_vllm_row" in plan and "ChatTemplate" not in plan
+
+
 def test_vllm_pre_and_postprocess_keep_the_row_contract():
-    row = base.fan_out({"id": "p1", "prompt": "Solve: 1+1", "question": "1+1"}, 1, sampling(3, stop=["\n\n"]))[0]
+    row = base.fan_out(
+        {"id": "p1", "prompt": "Solve: 1+1", "question": "1+1"}, 1, sampling(3, stop=["\n\n"])
+    )[0]
     pre = vllm_engine.to_vllm_row(row)
     assert pre["prompt"] == "Solve: 1+1"
     assert pre["sampling_params"] == {
@@ -191,7 +224,9 @@ def test_vllm_pre_and_postprocess_keep_the_row_contract():
     }
     post = vllm_engine.from_vllm_row(engine_out)
     base.check_output_row(post)
-    assert post["generated_text"] == "2" and post["finish_reason"] == "stop" and post["generation_error"] is None
+    assert (
+        post["generated_text"] == "2" and post["finish_reason"] == "stop" and post["generation_error"] is None
+    )
     assert post["question"] == "1+1" and post["seed"] == row["seed"] and post["sample_index"] == 0
     assert not set(post) & vllm_engine.VLLM_COLUMNS
     spent = vllm_engine.from_vllm_row({**engine_out, "num_generated_tokens": 16})
@@ -204,3 +239,37 @@ def test_vllm_pre_and_postprocess_keep_the_row_contract():
     assert final["prompt"] == "Solve: 1+1" and "__inference_error__" not in final
     ok = vllm_engine.finalize_vllm_row({**post, "__inference_error__": ""})
     assert ok == post
+
+
+# -- grading stage (the actor's code, called in-process) -------------------------------------------
+
+
+def test_grade_udf_grades_good_rows_and_keeps_failed_ones_with_their_error():
+    from raystep.engines.graded import GradeUDF
+
+    udf = GradeUDF(workers=1, timeout_s=10.0)
+    try:
+        rows = [
+            {
+                "response": "Step 1: 6 * 7 = 42. The answer is \\boxed{42}.",
+                "answer": "42",
+                "finish_reason": "stop",
+            },
+            {"response": "Step 1: so \\boxed{41}", "answer": "42", "finish_reason": "length"},
+            {"response": "", "answer": "42", "finish_reason": "error"},  # generation failed: not graded
+        ]
+        out = udf.grade_rows([dict(r) for r in rows])
+        assert [r["correct"] for r in out] == [True, False, False]
+        assert [r["grade_status"] for r in out] == ["ok", "ok", "error"]
+        assert out[0]["pred"] == "42" and out[0]["grade_method"] == "boxed"
+        assert all(r["grade_error"] is None for r in out)
+
+        def broken(responses, golds):
+            raise RuntimeError("grader down")
+
+        udf.grader.grade = broken
+        failed = udf.grade_rows([dict(r) for r in rows[:2]])
+        assert all(r["grade_status"] == "error" and "grader down" in r["grade_error"] for r in failed)
+        assert not any(r["correct"] for r in failed)
+    finally:
+        udf.grader.close()

@@ -148,7 +148,7 @@ def scripted_responder(body: dict[str, Any]) -> str:
 
 def judge_config(url: str, **kw: Any) -> JudgeConfig:
     base = dict(
-        base_url=url, model="fake-gpt", max_retries=3, backoff_s=0.01, timeout_s=0.5, requests_per_second=500
+        base_url=url, model="fake-gpt", max_retries=3, backoff_s=0.01, timeout_s=5.0, requests_per_second=500
     )
     return JudgeConfig(**{**base, **kw})
 
@@ -164,8 +164,10 @@ def test_judge_survives_injected_faults_and_reruns_from_cache(tmp_path) -> None:
         "[row-05]": ["400"],  # not retryable: one attempt, then the error is kept
         "[row-06]": ["500"] * 4,  # more failures than attempts
     }
-    with FakeOpenAI(scripted_responder, faults, timeout_sleep_s=1.5) as server:
-        judge = JudgeLocalizer(judge_config(server.url, max_concurrency=4), cache_dir=tmp_path / "cache")
+    with FakeOpenAI(scripted_responder, faults, timeout_sleep_s=4.0) as server:
+        judge = JudgeLocalizer(
+            judge_config(server.url, max_concurrency=4, timeout_s=1.5), cache_dir=tmp_path / "cache"
+        )
         out = judge.locate(rows)
         assert [r["sample_id"] for r in out] == [r["sample_id"] for r in rows]  # none lost, order kept
         failed = {r["sample_id"]: r["error"] for r in out if r["error"]}
@@ -206,10 +208,10 @@ def test_judge_survives_injected_faults_and_reruns_from_cache(tmp_path) -> None:
 
 def test_judge_bounds_concurrency_and_paces_requests(tmp_path) -> None:
     rows = scripted_rows(8)
-    with FakeOpenAI(scripted_responder, latency_s=0.15) as server:
+    with FakeOpenAI(scripted_responder, latency_s=0.3) as server:
         JudgeLocalizer(judge_config(server.url, max_concurrency=2, cache=False)).locate(rows)
         assert server.num_requests == 8
-        assert server.max_in_flight == 2  # saturated, never above the bound
+        assert 1 < server.max_in_flight <= 2  # requests overlap, never above the bound
     with FakeOpenAI(scripted_responder) as server:
         JudgeLocalizer(
             judge_config(server.url, max_concurrency=8, requests_per_second=10.0, cache=False)

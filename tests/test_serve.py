@@ -59,6 +59,8 @@ def server(tiny_model: Path):
                 "max_tokens_cap": CAP,
                 "max_batch_size": 8,
                 "batch_wait_timeout_s": 0.05,
+                "max_ongoing_requests": 24,
+                "max_queued_requests": 100,
             }
         }
     )
@@ -81,6 +83,7 @@ def reference(tiny_model: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch.set_num_threads(1)  # the machine's cores belong to Serve here
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
 
@@ -112,6 +115,48 @@ def test_health_is_open_and_models_lists_the_served_model(server: str, client: o
     assert [m.id for m in models.data] == [MODEL_ID]
     assert models.data[0].model_extra["max_model_len"] == CONTEXT
     assert client.models.retrieve(MODEL_ID).id == MODEL_ID
+
+
+def test_backpressure_limits_reach_the_deployment(server: str):
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    deployment = details["applications"]["raystep"]["deployments"]["OpenAIServer"]["deployment_config"]
+    assert deployment["max_ongoing_requests"] == 24
+    assert deployment["max_queued_requests"] == 100
+    assert details["http_options"]["host"] == "127.0.0.1"
+
+
+def test_requests_over_the_limits_get_503_not_a_hang(server: str, tiny_model: Path):
+    """Backpressure for real: 1 ongoing + 1 queued request allowed, 12 sent at once."""
+    from ray import serve
+
+    from raystep.serve.app import AppSettings, build_app
+
+    settings = AppSettings(
+        model_path=str(tiny_model), model_id=MODEL_ID, max_batch_size=1, max_tokens_cap=CAP
+    )
+    app = build_app(settings, max_ongoing_requests=1, max_queued_requests=1, num_cpus=0)
+    serve.run(app, name="tight", route_prefix="/tight")
+    url = server.removesuffix("/v1") + "/tight/v1/completions"
+    body = {"model": MODEL_ID, "prompt": PROMPTS[0], "max_tokens": CAP, "temperature": 0}
+    statuses: list[int] = []
+
+    def call() -> None:
+        statuses.append(httpx.post(url, json=body, timeout=60).status_code)
+
+    try:
+        threads = [threading.Thread(target=call) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=90)
+    finally:
+        serve.delete("tight")
+    assert len(statuses) == 12
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(200) >= 1
+    assert statuses.count(503) >= 1, statuses
 
 
 def test_completion_matches_generate_with_usage(client: openai.OpenAI, reference):
@@ -184,6 +229,33 @@ def test_streamed_completion_equals_the_unstreamed_one(client: openai.OpenAI, re
     assert all(c.choices[0].finish_reason is None for c in text_chunks[:-1])
     assert chunks[-1].choices == []
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (prompt_tokens, new_tokens)
+
+
+def test_several_prompts_and_streamed_choices_keep_their_index(client: openai.OpenAI, reference):
+    expected = [reference(p, 8) for p in PROMPTS[:2]]
+    r = client.completions.create(model=MODEL_ID, prompt=PROMPTS[:2], max_tokens=8, temperature=0)
+    assert [c.text for c in r.choices] == [e[0] for e in expected]
+    assert r.usage.prompt_tokens == sum(e[1] for e in expected)
+    assert r.usage.completion_tokens == sum(e[2] for e in expected)
+
+    kwargs = {
+        "model": MODEL_ID,
+        "prompt": PROMPTS[1],
+        "max_tokens": 10,
+        "temperature": 0.9,
+        "seed": 11,
+        "n": 2,
+    }
+    whole = client.completions.create(**kwargs)
+    pieces = {0: "", 1: ""}
+    finished = set()
+    for chunk in client.completions.create(stream=True, **kwargs):
+        (choice,) = chunk.choices
+        pieces[choice.index] += choice.text
+        if choice.finish_reason:
+            finished.add(choice.index)
+    assert pieces == {c.index: c.text for c in whole.choices}
+    assert finished == {0, 1}
 
 
 def test_streamed_chat_sends_role_then_content(client: openai.OpenAI, reference):

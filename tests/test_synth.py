@@ -19,6 +19,7 @@ from raystep.synth.policy import (
     ensure_policy,
     evaluate_policy,
     is_well_formed,
+    prompt_for,
     warmup_examples,
 )
 from raystep.synth.world import (
@@ -48,7 +49,9 @@ def test_generation_is_deterministic_by_seed_and_split():
 
 
 def test_splits_never_share_a_question():
-    questions = {s: {p.question for p in generate(SPEC, 300, seed=0, split=s)} for s in ("sft", "train", "test")}
+    questions = {
+        s: {p.question for p in generate(SPEC, 300, seed=0, split=s)} for s in ("sft", "train", "test")
+    }
     assert not questions["sft"] & questions["train"]
     assert not questions["sft"] & questions["test"]
     assert not questions["train"] & questions["test"]
@@ -106,7 +109,14 @@ def test_solution_states_one_true_computation_per_step_and_the_answer():
 
 def test_load_problems_reads_the_config_section():
     cfg = load_config(
-        None, ["data.source=synth", "data.split=test", "data.limit=12", "data.synth.seed=7", "data.synth.max_steps=2"]
+        None,
+        [
+            "data.source=synth",
+            "data.split=test",
+            "data.limit=12",
+            "data.synth.seed=7",
+            "data.synth.max_steps=2",
+        ],
     )
     rows = load_problems(cfg.data)
     assert len(rows) == 12
@@ -179,8 +189,10 @@ def test_warmup_data_mixes_correct_and_mistaken_solutions():
     wrong = sum(1 for *_, w in examples if w)
     assert 0.2 < wrong / len(examples) < 0.4
     for prompt, completion, _ in examples[:20]:
-        assert prompt.startswith("Question: ") and prompt.endswith("\nAnswer: " + STEP_PRIMER)
-        assert is_well_formed(STEP_PRIMER + completion)
+        assert prompt.startswith("Question: ") and prompt.endswith("\nAnswer:")
+        assert completion.startswith(" " + STEP_PRIMER)
+        assert prompt + completion.split("Step 1:")[0] + "Step 1:" == prompt_for(prompt[10:-8], "plain")
+        assert is_well_formed(completion[1:])
 
 
 @pytest.mark.slow

@@ -51,7 +51,9 @@ def test_sample_pairs_have_step_dpo_shape(rows):
 
 def test_tokenize_joins_like_step_dpo_without_eos(model_and_tokenizer, rows):
     _, tok = model_and_tokenizer
-    pair = tokenize_pair(rows[0], tok, index=0, template="qwen2-boxed", max_length=1024, max_prompt_length=512)
+    pair = tokenize_pair(
+        rows[0], tok, index=0, template="qwen2-boxed", max_length=1024, max_prompt_length=512
+    )
     prompt = build_prompt("qwen2-boxed", rows[0]["prompt"], rows[0]["initial_reason_steps"])
     assert tok.decode(pair.prompt_ids) == prompt
     assert tok.decode(pair.chosen_ids) == rows[0]["chosen"]
@@ -61,10 +63,14 @@ def test_tokenize_joins_like_step_dpo_without_eos(model_and_tokenizer, rows):
 
 def test_truncation_cuts_prompt_from_left_and_counts(model_and_tokenizer, rows):
     _, tok = model_and_tokenizer
-    full = tokenize_pair(rows[0], tok, index=0, template="qwen2-boxed", max_length=1024, max_prompt_length=512)
+    full = tokenize_pair(
+        rows[0], tok, index=0, template="qwen2-boxed", max_length=1024, max_prompt_length=512
+    )
     longest = max(len(full.chosen_ids), len(full.rejected_ids))
     max_length = longest + 40
-    cut = tokenize_pair(rows[0], tok, index=0, template="qwen2-boxed", max_length=max_length, max_prompt_length=20)
+    cut = tokenize_pair(
+        rows[0], tok, index=0, template="qwen2-boxed", max_length=max_length, max_prompt_length=20
+    )
     assert cut.chosen_ids == full.chosen_ids and cut.rejected_ids == full.rejected_ids
     assert len(cut.prompt_ids) + longest == max_length
     assert cut.prompt_cut == len(full.prompt_ids) - len(cut.prompt_ids) > 0
@@ -158,7 +164,9 @@ def test_ipo_loss_and_nll_term():
     assert ipo == pytest.approx((2.0 - 1 / (2 * 0.25)) ** 2)  # target margin 2: zero loss
     assert preference_loss(pc, pr, rc, rr, beta=0.5, loss_type="ipo").loss.item() == pytest.approx(1.0)
     base = preference_loss(pc, pr, rc, rr, beta=0.5).loss.item()
-    with_nll = preference_loss(pc, pr, rc, rr, beta=0.5, nll_weight=0.5, chosen_tokens=torch.tensor([10])).loss
+    with_nll = preference_loss(
+        pc, pr, rc, rr, beta=0.5, nll_weight=0.5, chosen_tokens=torch.tensor([10])
+    ).loss
     assert with_nll.item() == pytest.approx(base + 0.5 * 5.0 / 10)
     with pytest.raises(ValueError, match="unknown loss"):
         preference_loss(pc, pr, rc, rr, beta=0.5, loss_type="hinge")

@@ -113,7 +113,9 @@ def test_zero3_training_raises_reward_accuracy(faulty_run, tiny_model: Path):
     # independent check: the exported weights, scored on all training pairs against the stored reference
     ref_rows = read_parquet(run_dir / "train" / "reference.parquet")
     tok = AutoTokenizer.from_pretrained(run_dir / "model")
-    model = AutoModelForCausalLM.from_pretrained(run_dir / "model", dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(
+        run_dir / "model", dtype=torch.float32, attn_implementation="sdpa"
+    )
     pairs = tokenize_pairs(ref_rows, tok, template="qwen2-boxed")
     with torch.no_grad():
         logps, _ = branch_logps(model.eval(), build_batch(pairs, "two_sequence"))
@@ -146,11 +148,14 @@ def test_exported_folder_loads_and_generates(faulty_run, tiny_model: Path):
 
 
 @pytest.mark.slow
-def test_two_node_cluster_checkpoints_to_shared_storage_and_resumes(tmp_path, tiny_model: Path, pair_file: Path):
+def test_two_node_cluster_checkpoints_to_shared_storage_and_resumes(
+    tmp_path, tiny_model: Path, pair_file: Path
+):
     import os
 
     import ray
     from ray.cluster_utils import Cluster
+    from ray.train import WorkerGroupError
 
     from raystep.train import run as train_run
 
@@ -169,7 +174,7 @@ def test_two_node_cluster_checkpoints_to_shared_storage_and_resumes(tmp_path, ti
         config = make_config(tmp_path, tiny_model, pair_file, "multinode", "train.max_failures=0", *extra)
         os.environ[train_run.FAULT_ENV] = f"3:1:{marker}"
         try:
-            with pytest.raises(Exception):
+            with pytest.raises(WorkerGroupError, match="worker"):
                 train_run.run(config)
         finally:
             os.environ.pop(train_run.FAULT_ENV, None)

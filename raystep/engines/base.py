@@ -18,7 +18,12 @@ from collections.abc import Mapping
 from typing import Any
 
 INPUT_COLUMNS: tuple[str, ...] = ("prompt", "sampling")
-OUTPUT_COLUMNS: tuple[str, ...] = ("generated_text", "num_generated_tokens", "finish_reason", "generation_error")
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "generated_text",
+    "num_generated_tokens",
+    "finish_reason",
+    "generation_error",
+)
 SAMPLING_KEYS: tuple[str, ...] = ("temperature", "top_p", "max_new_tokens", "seed", "stop")
 FINISH_REASONS: tuple[str, ...] = ("stop", "length", "error")
 
@@ -73,7 +78,9 @@ def normalize_sampling(sampling: Any, defaults: Mapping[str, Any] | None = None)
     )
 
 
-def fan_out(row: Mapping[str, Any], n: int, sampling: Mapping[str, Any], key: str = "id") -> list[dict[str, Any]]:
+def fan_out(
+    row: Mapping[str, Any], n: int, sampling: Mapping[str, Any], key: str = "id"
+) -> list[dict[str, Any]]:
     """N copies of ``row``, one per sample, each with ``sample_index``, its own ``seed`` and ``sampling``.
 
     The seed of sample i is ``derive_seed(sampling['seed'], row[key], i)``: reproducible per row

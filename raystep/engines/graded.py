@@ -27,7 +27,11 @@ class GradeUDF:
     """
 
     def __init__(
-        self, text_column: str = "response", gold_column: str = "answer", workers: int = 1, timeout_s: float = 5.0
+        self,
+        text_column: str = "response",
+        gold_column: str = "answer",
+        workers: int = 1,
+        timeout_s: float = 5.0,
     ):
         from raystep.grading import Grader
 
@@ -47,13 +51,15 @@ class GradeUDF:
         if not todo:
             return rows
         try:
-            verdicts = self.grader.grade([r[self.text_column] for r in todo], [r[self.gold_column] for r in todo])
+            verdicts = self.grader.grade(
+                [r[self.text_column] for r in todo], [r[self.gold_column] for r in todo]
+            )
         except Exception:
             message = traceback.format_exc(limit=3)
             for row in todo:
                 row["grade_error"] = message
             return rows
-        for row, verdict in zip(todo, verdicts):
+        for row, verdict in zip(todo, verdicts, strict=True):
             row.update(
                 pred=verdict.pred,
                 correct=bool(verdict.correct),

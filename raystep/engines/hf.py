@@ -81,7 +81,9 @@ class HFGenerator:
         self.model_path = model_path
         self.device = device or _default_device()
         self.batch_size = batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model_path, trust_remote_code=trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer or model_path, trust_remote_code=trust_remote_code
+        )
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -122,8 +124,10 @@ class HFGenerator:
         for (max_new, stop), indices in groups.items():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                outs = self._generate_batch([prompts[i] for i in chunk], [per_row[i] for i in chunk], max_new, stop)
-                for i, out in zip(chunk, outs):
+                outs = self._generate_batch(
+                    [prompts[i] for i in chunk], [per_row[i] for i in chunk], max_new, stop
+                )
+                for i, out in zip(chunk, outs, strict=True):
                     results[i] = out
         return [r for r in results if r is not None]
 
@@ -135,7 +139,9 @@ class HFGenerator:
 
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         sampler = PerRowGumbelSampler(
-            [s["seed"] for s in sampling], [s["temperature"] for s in sampling], [s["top_p"] for s in sampling]
+            [s["seed"] for s in sampling],
+            [s["temperature"] for s in sampling],
+            [s["top_p"] for s in sampling],
         )
         # A fresh config: greedy over the sampler's scores, and none of the checkpoint's own
         # sampling defaults (repetition penalty, top-k) that vLLM would not apply either.
@@ -189,7 +195,10 @@ class HFEngineUDF:
         try:
             sampling = [normalize_sampling(r.get("sampling"), self.defaults) for r in rows]
             outs = self.generator.generate([r["prompt"] for r in rows], sampling)
-            return [{**r, "sampling": s, **o, "generation_error": None} for r, s, o in zip(rows, sampling, outs)]
+            return [
+                {**r, "sampling": s, **o, "generation_error": None}
+                for r, s, o in zip(rows, sampling, outs, strict=True)
+            ]
         except Exception:
             if len(rows) == 1:
                 return [error_output(rows[0], traceback.format_exc(limit=3))]

@@ -122,7 +122,9 @@ def from_vllm_row(row: Mapping[str, Any]) -> dict[str, Any]:
     out["prompt"] = row.get(PROMPT_COPY) or row.get("prompt", "")
     out["sampling"] = sampling
     if error:
-        out.update(generated_text="", num_generated_tokens=0, finish_reason="error", generation_error=str(error))
+        out.update(
+            generated_text="", num_generated_tokens=0, finish_reason="error", generation_error=str(error)
+        )
         return out
     count = int(row.get("num_generated_tokens") or 0)
     max_tokens = int(sampling.get("max_new_tokens") or 0)
@@ -135,20 +137,25 @@ def from_vllm_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_vllm_generator(config: RunConfig, defaults: Mapping[str, Any]) -> Any:
-    """The vLLM processor as a ``Dataset -> Dataset`` function (needs vLLM and GPUs at run time).
-
-    Error rows bypass a processor's postprocess, so ``from_vllm_row`` runs once more over every row
-    afterwards (it leaves already-mapped rows as they are).
-    """
+def build_vllm_processor(config: RunConfig, defaults: Mapping[str, Any]) -> Any:
+    """``ray.data.llm.build_processor`` with our pre/postprocess (builds without vLLM; runs only with it)."""
     from ray.data.llm import build_processor
 
     fixed_defaults = dict(defaults)
-    processor = build_processor(
+    return build_processor(
         build_processor_config(config),
         preprocess=lambda row: to_vllm_row(row, fixed_defaults),
         postprocess=from_vllm_row,
     )
+
+
+def build_vllm_generator(config: RunConfig, defaults: Mapping[str, Any]) -> Any:
+    """The vLLM processor as a ``Dataset -> Dataset`` function (needs vLLM and GPUs at run time).
+
+    Error rows bypass a processor's postprocess, so ``finalize_vllm_row`` runs over every row
+    afterwards (it maps those and leaves already-mapped rows as they are).
+    """
+    processor = build_vllm_processor(config, defaults)
 
     def generate(ds: Dataset) -> Dataset:
         return processor(ds).map(finalize_vllm_row)

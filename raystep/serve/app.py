@@ -69,6 +69,13 @@ async def _api_error(_: Request, exc: APIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
+@fastapi_app.exception_handler(Exception)
+async def _server_error(_: Request, exc: Exception) -> JSONResponse:
+    # Still an OpenAI-shaped body, so clients retry a 500 instead of failing to parse it.
+    error = APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+    return JSONResponse(error.body(), status_code=500)
+
+
 @dataclass
 class _Prepared:
     """A validated request turned into token ids and decode requests, one per choice."""
@@ -208,7 +215,11 @@ class OpenAIServer:
                 finish, tokens = delta.finish_reason or finish, delta.completion_tokens
             return "".join(parts), finish, tokens
 
-        return list(await asyncio.gather(*(one(j) for j in jobs)))
+        try:
+            return list(await asyncio.gather(*(one(j) for j in jobs)))
+        finally:  # a client that went away frees its rows in the running batch
+            for job in jobs:
+                job.cancelled = True
 
     async def _merged(self, jobs: list[DecodeRequest]) -> AsyncIterator[tuple[int, DecodeDelta]]:
         """Deltas of every choice as they come, tagged with the choice index."""
@@ -234,6 +245,8 @@ class OpenAIServer:
                 else:
                     yield index, item
         finally:
+            for job in jobs:
+                job.cancelled = True
             for task in tasks:
                 task.cancel()
 

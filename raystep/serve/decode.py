@@ -28,6 +28,8 @@ class DecodeRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    cancelled: bool = False
+    """Set by the server when the client went away: the row stops at the next step."""
 
 
 @dataclass
@@ -104,6 +106,9 @@ class BatchDecoder:
             return None
         req = row.request
         finish: str | None = None
+        if req.cancelled:
+            row.done = True
+            return DecodeDelta("", "abort", len(row.ids))
         if token in self.eos:
             finish = "stop"
             text = self.tokenizer.decode(row.ids, skip_special_tokens=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import urllib.request
@@ -159,6 +160,10 @@ def _apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
     return RunConfig.model_validate(config.model_dump() | {"serve": config.serve.model_dump() | updates})
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args: argparse.Namespace) -> int:
     config = _apply_flags(config_from_args(args), args)
     if args.emit_config:
@@ -173,6 +178,7 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"serving {config.serve.model_id!r} from {model_source(config)} at {url} (Ctrl-C stops)", flush=True
     )
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` (a pod stopping) shuts Serve down as Ctrl-C does
     try:
         while True:
             time.sleep(3600)

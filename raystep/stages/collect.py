@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -34,7 +35,15 @@ PROBLEM_KEYS: tuple[str, ...] = tuple(PROBLEM_FIELDS)
 def load_run_problems(config: RunConfig, run: RunDir) -> list[dict[str, Any]]:
     """The run's problems: read back from ``problems/`` when written, else loaded and written there."""
     shards = ShardSet(run.stage("problems"), schema=PROBLEM_FIELDS, kind="problem")
+    wanted = config.data.model_dump(mode="json")
     if shards.files():
+        recorded = run.read_manifest().get("stages", {}).get("problems", {}).get("data")
+        if recorded is not None and recorded != wanted:
+            print(
+                f"raystep collect: {run.path}/problems/ was built with data={recorded}; keeping those problems "
+                f"(the units of this run), not data={wanted}. Use a new run name for other problems.",
+                file=sys.stderr,
+            )
         return shards.rows()
     from raystep.datasets import load_problems
 
@@ -47,6 +56,7 @@ def load_run_problems(config: RunConfig, run: RunDir) -> list[dict[str, Any]]:
             f"problem ids must be unique (they are the unit of resume); duplicated: {duplicates[:5]}"
         )
     shards.write(problems, [p["id"] for p in problems])
+    run.update_manifest("problems", data=wanted, problems=len(problems))
     if rejects is not None and rejects.count:
         run.update_manifest("problems", rejects=rejects.count, reject_reasons=rejects.reasons)
     return problems

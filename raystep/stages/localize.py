@@ -145,7 +145,9 @@ def plot_first_wrong_steps(rows: list[dict[str, Any]], path: Path) -> Path:
     width = 0.8 / max(1, len(per_method))
     for i, (name, counts) in enumerate(sorted(per_method.items())):
         xs = sorted(counts)
-        ax.bar([x + i * width for x in xs], [counts[x] for x in xs], width=width, label=name)
+        offset = (i - (len(per_method) - 1) / 2) * width
+        ax.bar([x + offset for x in xs], [counts[x] for x in xs], width=width, label=name)
+    ax.set_xticks(sorted({x for counts in per_method.values() for x in counts}))
     ax.set_xlabel("first wrong step (0 = none found)")
     ax.set_ylabel("wrong samples")
     ax.set_title(f"localize: {len(rows)} wrong samples")

@@ -96,7 +96,9 @@ def rectify_sampling(config: RunConfig, seed: int, max_new_tokens: int | None = 
     )
 
 
-def continuation_requests(config: RunConfig, units: list[dict[str, Any]], tokenizer: Any = None) -> list[dict[str, Any]]:
+def continuation_requests(
+    config: RunConfig, units: list[dict[str, Any]], tokenizer: Any = None
+) -> list[dict[str, Any]]:
     """``rectify.n`` engine rows per unit, each continuing the correct prefix with its own seed."""
     rows = []
     for unit in units:
@@ -241,7 +243,12 @@ def load_chosen_verifier() -> Callable[[list[dict[str, Any]], RunConfig], tuple[
         ) from exc
 
 
-def rollout_requests(config: RunConfig, units: dict[str, dict[str, Any]], candidates: list[dict[str, Any]], tokenizer: Any = None) -> list[dict[str, Any]]:
+def rollout_requests(
+    config: RunConfig,
+    units: dict[str, dict[str, Any]],
+    candidates: list[dict[str, Any]],
+    tokenizer: Any = None,
+) -> list[dict[str, Any]]:
     """``success_rollouts`` engine rows per candidate, continuing after its chosen step."""
     rows = []
     for c in candidates:
@@ -293,7 +300,9 @@ def read_localized(run: RunDir) -> list[dict[str, Any]]:
     ids = Counter(r["sample_id"] for r in rows)
     duplicates = [i for i, c in ids.items() if c > 1]
     if duplicates:
-        raise ValueError(f"{folder}: sample_id must be unique (the unit of rectify); duplicated: {duplicates[:5]}")
+        raise ValueError(
+            f"{folder}: sample_id must be unique (the unit of rectify); duplicated: {duplicates[:5]}"
+        )
     return rows
 
 
@@ -305,7 +314,9 @@ def _tokenizer_for(config: RunConfig) -> Any:
     return AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
 
 
-def _phase_continuations(config: RunConfig, run: RunDir, units: list[dict[str, Any]], stats: dict[str, Any]) -> ShardSet:
+def _phase_continuations(
+    config: RunConfig, run: RunDir, units: list[dict[str, Any]], stats: dict[str, Any]
+) -> ShardSet:
     shards = ShardSet(run.stage("rectified"))
     done = shards.done_units()
     todo = [u for u in units if u["sample_id"] not in done]
@@ -317,10 +328,14 @@ def _phase_continuations(config: RunConfig, run: RunDir, units: list[dict[str, A
             expected={u["sample_id"]: config.rectify.n for u in todo},
             key="sample_id",
             units_per_shard=config.sampling.shard_size,
-            finalize=lambda _u, rows: sorted((_fold_errors(r) for r in rows), key=lambda r: r["continuation_index"]),
+            finalize=lambda _u, rows: sorted(
+                (_fold_errors(r) for r in rows), key=lambda r: r["continuation_index"]
+            ),
             on_unit=lambda _u, _rows: bar.update(1),
         )
-        for row in generate_and_grade(config, continuation_requests(config, todo, _tokenizer_for(config)), to_continuation):
+        for row in generate_and_grade(
+            config, continuation_requests(config, todo, _tokenizer_for(config)), to_continuation
+        ):
             buffer.add(row)
         buffer.close()
         bar.close()
@@ -328,7 +343,11 @@ def _phase_continuations(config: RunConfig, run: RunDir, units: list[dict[str, A
 
 
 def _phase_pairs(
-    config: RunConfig, run: RunDir, units: list[dict[str, Any]], continuations: ShardSet, stats: dict[str, Any]
+    config: RunConfig,
+    run: RunDir,
+    units: list[dict[str, Any]],
+    continuations: ShardSet,
+    stats: dict[str, Any],
 ) -> ShardSet:
     shards = ShardSet(run.stage("pairs"), schema=PAIR_FIELDS, kind="pair")
     verify = load_chosen_verifier() if config.rectify.verify_chosen else None
@@ -373,7 +392,9 @@ def _phase_pairs(
 def export_jsonl(shards: ShardSet, path: Any) -> int:
     """``pairs/pairs.jsonl``: every pair in the public schema (its column order) plus provenance."""
     rows = sorted(shards.rows(), key=lambda r: r["pair_id"])
-    return write_jsonl(path, ({**to_public_pair(r), **{k: r.get(k) for k in PROVENANCE_FIELDS}} for r in rows))
+    return write_jsonl(
+        path, ({**to_public_pair(r), **{k: r.get(k) for k in PROVENANCE_FIELDS}} for r in rows)
+    )
 
 
 def run(config: RunConfig) -> dict[str, Any]:
@@ -386,7 +407,11 @@ def run(config: RunConfig) -> dict[str, Any]:
         localized = read_localized(run_dir)
         reasons = Counter(skip_reason(r) or "rectified" for r in localized)
         units = [r for r in localized if skip_reason(r) is None]
-        stats.update(localized=len(localized), units=len(units), skipped={k: v for k, v in reasons.items() if k != "rectified"})
+        stats.update(
+            localized=len(localized),
+            units=len(units),
+            skipped={k: v for k, v in reasons.items() if k != "rectified"},
+        )
         start = time.time()
         continuations = _phase_continuations(config, run_dir, units, stats)
         pairs = _phase_pairs(config, run_dir, units, continuations, stats)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raystep.steps import STEP_PRIMER, build_prompt
+from raystep.steps import STEP_PRIMER, build_prompt, get_template
 from raystep.synth.world import MISTAKES, WorldSpec, generate, solution, solution_with_mistake
 
 MARKER = "warmup.json"
@@ -40,20 +40,22 @@ class PolicySettings:
     """Everything that decides the warmed-up policy; a change of any field retrains it."""
 
     template: str = "plain"
-    vocab_size: int = 384
+    vocab_size: int = 512
     """BPE vocabulary (digits always split); 0: byte-level, one token per character."""
-    hidden_size: int = 128
-    num_layers: int = 4
+    hidden_size: int = 64
+    num_layers: int = 2
     num_heads: int = 4
-    intermediate_size: int = 384
-    num_examples: int = 6000
+    intermediate_size: int = 192
+    num_examples: int = 4000
     mistake_rate: float = 0.3
     """Share of warm-up solutions that contain one slip (kind and step drawn at random)."""
     steps: int = 1200
-    batch_size: int = 32
-    learning_rate: float = 3e-3
+    batch_size: int = 16
+    learning_rate: float = 5e-3
     warmup_ratio: float = 0.05
     seed: int = 0
+    torch_threads: int = 1
+    """Intra-op threads: a model this small runs fastest on one (more threads fight on a busy machine)."""
     world: WorldSpec = field(default_factory=WorldSpec)
 
     def fingerprint(self) -> str:
@@ -61,7 +63,7 @@ class PolicySettings:
 
 
 def completion_text(problem_solution: str) -> str:
-    """What the model writes after the prompt: the solution minus the ``Step 1:`` the primer already holds."""
+    """What the model writes after ``Step 1:``: the solution minus the header the primer already holds."""
     head = "Step 1:"
     if not problem_solution.startswith(head):
         raise ValueError("a world solution starts with 'Step 1:'")
@@ -69,7 +71,18 @@ def completion_text(problem_solution: str) -> str:
 
 
 def prompt_for(question: str, template: str) -> str:
+    """The pipeline's prompt (collect, rectify, the policy's own greedy check): it ends with the primer."""
     return build_prompt(template, question, STEP_PRIMER)
+
+
+def training_pair(question: str, problem_solution: str, template: str) -> tuple[str, str]:
+    """``(prompt, completion)`` for SFT: the bare question prompt, then primer + solution.
+
+    The model learns to write the primer itself, so it answers both the pipeline's prompts (which end
+    with the primer) and an evaluation client that sends only the question; both are the same text.
+    """
+    completion = get_template(template).joiner + STEP_PRIMER + completion_text(problem_solution)
+    return build_prompt(template, question), completion
 
 
 def build_tokenizer(texts: list[str], out_dir: str | os.PathLike[str], vocab_size: int):
@@ -110,7 +123,7 @@ def warmup_examples(settings: PolicySettings) -> list[tuple[str, str, bool]]:
         wrong = rng.random() < settings.mistake_rate
         if wrong:
             text = solution_with_mistake(p, rng.randint(1, len(p.events)), rng.choice(MISTAKES), rng)
-        out.append((prompt_for(p.question, settings.template), completion_text(text), wrong))
+        out.append((*training_pair(p.question, text, settings.template), wrong))
     return out
 
 
@@ -133,7 +146,7 @@ def train_policy(out_dir: str | os.PathLike[str], settings: PolicySettings, prog
     (out / MARKER).unlink(missing_ok=True)
     started = time.time()
     examples = warmup_examples(settings)
-    tokenizer = build_tokenizer([p + c for p, c, _ in examples[:2000]], out, settings.vocab_size)
+    tokenizer = build_tokenizer([p + c for p, c, _ in examples], out, settings.vocab_size)
     eos = tokenizer.eos_token_id
     encoded = []
     for prompt, completion, _ in examples:
@@ -142,6 +155,7 @@ def train_policy(out_dir: str | os.PathLike[str], settings: PolicySettings, prog
         encoded.append((p_ids + c_ids, len(p_ids)))
     max_len = max(len(ids) for ids, _ in encoded)
 
+    torch.set_num_threads(settings.torch_threads)
     torch.manual_seed(settings.seed)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -158,7 +172,9 @@ def train_policy(out_dir: str | os.PathLike[str], settings: PolicySettings, prog
     )
     model = Qwen2ForCausalLM(config)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98), weight_decay=0.0
+    )
     rng = random.Random(settings.seed)
     losses: list[float] = []
     bar = tqdm(range(settings.steps), desc="warm-up SFT", disable=not progress, mininterval=2.0)
@@ -179,7 +195,7 @@ def train_policy(out_dir: str | os.PathLike[str], settings: PolicySettings, prog
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
 
@@ -196,7 +212,9 @@ def train_policy(out_dir: str | os.PathLike[str], settings: PolicySettings, prog
         "max_sequence_tokens": max_len,
         "mistake_examples": sum(1 for *_, wrong in examples if wrong),
         "final_loss": sum(losses[-50:]) / len(losses[-50:]),
-        "loss_curve": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, len(losses), 50)],
+        "loss_curve": [
+            round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, len(losses), 50)
+        ],
         "train_seconds": round(time.time() - started, 2),
     }
     return stats
@@ -255,7 +273,7 @@ def evaluate_policy(
     prompts = [prompt_for(r["question"], template) for r in rows]
     texts = greedy_generate(model_dir, prompts, max_new_tokens=max_new_tokens)
     responses = [STEP_PRIMER + t for t in texts]
-    correct = [boxed_answer(resp) == r["answer"] for resp, r in zip(responses, rows)]
+    correct = [boxed_answer(resp) == r["answer"] for resp, r in zip(responses, rows, strict=True)]
     formed = [is_well_formed(resp) for resp in responses]
     return {
         "problems": len(rows),

@@ -49,7 +49,11 @@ ITEMS = ("apples", "pens", "coins", "cards", "books", "shells", "stamps", "marbl
 
 # One question sentence and one solution phrase per event; ``{n}`` is the event's number.
 EVENTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "+": (("buys {n} more", "buys {n} more"), ("finds {n} more", "finds {n} more"), ("gets {n} more", "gets {n} more")),
+    "+": (
+        ("buys {n} more", "buys {n} more"),
+        ("finds {n} more", "finds {n} more"),
+        ("gets {n} more", "gets {n} more"),
+    ),
     "-": (("gives away {n}", "gives away {n}"), ("loses {n}", "loses {n}"), ("sells {n}", "sells {n}")),
     "*": (("now has {n} times as many", "has {n} times as many"),),
     "/": (("splits them into {n} equal groups and keeps one", "keeps one of {n} groups"),),
@@ -70,10 +74,10 @@ class WorldSpec:
     min_steps: int = 2
     max_steps: int = 3
     min_operand: int = 2
-    max_operand: int = 20
-    max_factor: int = 4
+    max_operand: int = 9
+    max_factor: int = 3
     """Largest multiplier / divisor for ``*`` and ``/``."""
-    max_value: int = 150
+    max_value: int = 40
     """Running amounts stay in ``[1, max_value]``: small numbers keep a tiny model's arithmetic learnable."""
     operators: tuple[str, ...] = ("+", "-", "*")
 
@@ -81,7 +85,9 @@ class WorldSpec:
         if not 1 <= self.min_steps <= self.max_steps:
             raise ValueError(f"need 1 <= min_steps <= max_steps, got {self.min_steps}, {self.max_steps}")
         if not 1 <= self.min_operand <= self.max_operand:
-            raise ValueError(f"need 1 <= min_operand <= max_operand, got {self.min_operand}, {self.max_operand}")
+            raise ValueError(
+                f"need 1 <= min_operand <= max_operand, got {self.min_operand}, {self.max_operand}"
+            )
         if self.max_factor < 2:
             raise ValueError(f"max_factor must be >= 2, got {self.max_factor}")
         if self.max_value < 2 * self.max_operand:
@@ -146,7 +152,7 @@ def step_text(problem: Problem, k: int, a: int, op: str, b: int, c: int) -> str:
     """Step k's body (after ``Step k:``): the event in words, then the one computation it states."""
     e = problem.events[k - 1]
     words = EVENTS[e.op][e.variant][1].format(n=e.n)
-    return f" {problem.pronoun} {words}, so {problem.pronoun.lower()} has {a} {op} {b} = {c} {problem.items}."
+    return f" {problem.pronoun} {words}, so {a} {op} {b} = {c}."
 
 
 def answer_line(value: int) -> str:
@@ -157,7 +163,8 @@ def solution(problem: Problem) -> str:
     """The correct worked solution: ``Step 1: ...\\nStep 2: ...\\nThe answer is \\boxed{N}.``"""
     vals = problem.values()
     lines = [
-        f"Step {k}:" + step_text(problem, k, vals[k - 1], e.op, e.n, vals[k]) for k, e in enumerate(problem.events, 1)
+        f"Step {k}:" + step_text(problem, k, vals[k - 1], e.op, e.n, vals[k])
+        for k, e in enumerate(problem.events, 1)
     ]
     return "\n".join(lines) + "\n" + answer_line(vals[-1])
 
@@ -183,7 +190,9 @@ def solution_with_mistake(problem: Problem, k: int, kind: str, rng: random.Rando
         if i == k and kind == "operator":
             op = _WRONG_OP[e.op]
         if i == k and kind == "operand":
-            others = {num for num in [problem.start, *(x.n for x in problem.events), e.n - 1, e.n + 1] if num > 0}
+            others = {
+                num for num in [problem.start, *(x.n for x in problem.events), e.n - 1, e.n + 1] if num > 0
+            }
             others.discard(e.n)
             b = rng.choice(sorted(others))
         c = _loose_op(a, op, b)
@@ -209,7 +218,9 @@ def _pick_event(rng: random.Random, spec: WorldSpec, value: int) -> Event | None
     for op in ops:
         variant = rng.randrange(len(EVENTS[op]))
         if op == "+" and value + spec.min_operand <= spec.max_value:
-            return Event(op, rng.randint(spec.min_operand, min(spec.max_operand, spec.max_value - value)), variant)
+            return Event(
+                op, rng.randint(spec.min_operand, min(spec.max_operand, spec.max_value - value)), variant
+            )
         if op == "-" and value - spec.min_operand >= 1:
             return Event(op, rng.randint(spec.min_operand, min(spec.max_operand, value - 1)), variant)
         if op == "*" and value * 2 <= spec.max_value:
@@ -296,7 +307,12 @@ def load_problems(data: DataConfig) -> list[dict]:
     """
     split = data.split if data.split in SPLIT_BUCKETS else None
     if split is None:
-        raise ValueError(f"data.split for source 'synth' must be one of {', '.join(SPLIT_BUCKETS)}, got {data.split!r}")
+        raise ValueError(
+            f"data.split for source 'synth' must be one of {', '.join(SPLIT_BUCKETS)}, got {data.split!r}"
+        )
     count = data.limit or data.synth.num_problems
     seed = data.synth.seed
-    return [problem_row(p, split, i, seed) for i, p in enumerate(generate(spec_from_config(data), count, seed, split))]
+    return [
+        problem_row(p, split, i, seed)
+        for i, p in enumerate(generate(spec_from_config(data), count, seed, split))
+    ]

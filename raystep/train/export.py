@@ -52,7 +52,9 @@ def save_hf_model(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
     if lora is not None and _lora_base_keys(state_dict):
         from peft import get_peft_model
 
@@ -64,11 +66,15 @@ def save_hf_model(
         tied = set(getattr(model, "_tied_weights_keys", None) or [])
         real_missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
         if real_missing or unexpected:
-            raise ValueError(f"state dict does not fit {base_model}: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(
+                f"state dict does not fit {base_model}: missing {real_missing[:5]}, unexpected {unexpected[:5]}"
+            )
     if dtype is not None:
         model = model.to(dtype)
     model.save_pretrained(str(out), safe_serialization=True)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or base_model, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer_path or base_model, trust_remote_code=trust_remote_code
+    )
     tokenizer.save_pretrained(str(out))
     try:
         GenerationConfig.from_pretrained(base_model).save_pretrained(str(out))
@@ -91,7 +97,9 @@ def lora_config(lora: Any) -> Any:
     )
 
 
-def consolidate_checkpoint(checkpoint_dir: str | os.PathLike[str], tag: str = "ds") -> dict[str, torch.Tensor]:
+def consolidate_checkpoint(
+    checkpoint_dir: str | os.PathLike[str], tag: str = "ds"
+) -> dict[str, torch.Tensor]:
     """Full fp32 weights from a DeepSpeed checkpoint folder (any ZeRO stage), without any workers."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

@@ -121,7 +121,9 @@ def _scheduler_factory(s: LoopSettings, total_steps: int):
     warmup = int(round(s.warmup_ratio * total_steps))
 
     def build(optimizer: Any) -> Any:
-        return get_scheduler(s.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+        return get_scheduler(
+            s.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
+        )
 
     return build
 
@@ -174,7 +176,9 @@ def _track(tracker: Any, row: dict[str, Any]) -> None:
     if tracker is None:
         return
     kind, client = tracker
-    numeric = {k.replace("/", "_"): v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}
+    numeric = {
+        k.replace("/", "_"): v for k, v in row.items() if isinstance(v, (int, float)) and v is not None
+    }
     if kind == "mlflow":
         client.log_metrics(numeric, step=row["step"])
     else:
@@ -202,6 +206,7 @@ def train_loop(config: dict[str, Any]) -> None:
     def phase(name: str) -> None:
         if rank == 0:
             print(f"[raystep train] {name} at {time.perf_counter() - t_start:.1f}s", flush=True)
+
     if s.use_gpu:
         device = torch.device("cuda", ctx.get_local_rank())
         torch.cuda.set_device(device)
@@ -221,10 +226,20 @@ def train_loop(config: dict[str, Any]) -> None:
         max_length=s.max_length,
         max_prompt_length=s.max_prompt_length,
     )
-    plan = TrainPlan(len(pairs), s.global_batch_size, s.micro_batch_size, world, s.epochs, s.seed, s.max_steps)
+    plan = TrainPlan(
+        len(pairs), s.global_batch_size, s.micro_batch_size, world, s.epochs, s.seed, s.max_steps
+    )
     plan.check()
     total = plan.total_steps
 
+    ds_config = deepspeed_config(s, plan)
+    hf_zero3 = None
+    if s.zero_stage == 3:
+        # ZeRO-3 aware loading (deepspeed.zero.Init): each rank materialises only its slice of the weights
+        from transformers.integrations import HfDeepSpeedConfig
+
+        deepspeed.init_distributed(dist_backend="nccl" if s.use_gpu else "gloo")  # wraps Ray's process group
+        hf_zero3 = HfDeepSpeedConfig(ds_config)
     model = load_policy(s, dtype)
     if s.lora:
         from peft import get_peft_model
@@ -236,14 +251,13 @@ def train_loop(config: dict[str, Any]) -> None:
             model.enable_input_require_grads()
     n_params = sum(p.numel() for p in model.parameters())
     phase("model loaded")
-    ds_config = deepspeed_config(s, plan)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=ds_config,
         lr_scheduler=_scheduler_factory(s, total),
     )
-    if n_params == 0:  # ZeRO-3 partitions at init; count from the DeepSpeed metadata
+    if hf_zero3 is not None:  # ZeRO-3 partitioned the weights at load time; count from DeepSpeed's metadata
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
 
     phase("deepspeed ready")
@@ -264,7 +278,9 @@ def train_loop(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            engine.load_checkpoint(ckpt_dir, tag=CKPT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
+            engine.load_checkpoint(
+                ckpt_dir, tag=CKPT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
             state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text())
             start_step = int(state["step"])
             if (Path(ckpt_dir) / REF_FILE).exists():
@@ -282,10 +298,14 @@ def train_loop(config: dict[str, Any]) -> None:
     }
     if s.reference == "precomputed":
         if ref_table is None:
-            ref_table = refmod.table_from_rows(s.rows) or refmod.read_reference(train_dir / "reference.parquet", fingerprint)
+            ref_table = refmod.table_from_rows(s.rows) or refmod.read_reference(
+                train_dir / "reference.parquet", fingerprint
+            )
         if ref_table is None:
             if start_step > 0:
-                raise RuntimeError("resuming without stored reference log-probs: the policy has already moved")
+                raise RuntimeError(
+                    "resuming without stored reference log-probs: the policy has already moved"
+                )
             engine.eval()
             share = refmod.score_pairs(
                 engine,
@@ -365,6 +385,11 @@ def train_loop(config: dict[str, Any]) -> None:
         log.finish(total)
         plot_metrics(log.rows(), train_dir)
     phase("training done")
+    if hf_zero3 is not None:  # the export below loads a plain (unpartitioned) copy on rank 0 only
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        del hf_zero3
     if s.export:
         state_dict = gather_state_dict(engine, s.zero_stage)
         if rank == 0 and state_dict is not None:

@@ -68,7 +68,15 @@ class StepLog:
         event = "resume" if resumed_from_step else "start"
         append_jsonl(
             self.events_path,
-            [{"event": event, "step": resumed_from_step, "total_steps": total_steps, "rows_kept": kept, "time": time.time()}],
+            [
+                {
+                    "event": event,
+                    "step": resumed_from_step,
+                    "total_steps": total_steps,
+                    "rows_kept": kept,
+                    "time": time.time(),
+                }
+            ],
         )
 
     def log(self, row: dict[str, Any]) -> None:

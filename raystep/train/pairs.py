@@ -56,7 +56,9 @@ class TokenizedPair:
         return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
 
 
-def pair_texts(row: dict[str, Any], template: str, mode: str = "stepdpo", tokenizer: Any = None) -> tuple[str, str, str]:
+def pair_texts(
+    row: dict[str, Any], template: str, mode: str = "stepdpo", tokenizer: Any = None
+) -> tuple[str, str, str]:
     """(prompt text, chosen text, rejected text) for a pair row in the public schema.
 
     ``stepdpo``: the prompt continues the correct prefix (Step-DPO's joining), branches are step bodies.
@@ -144,7 +146,16 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         moved = {
             name: getattr(self, name).to(device)
-            for name in ("input_ids", "position_ids", "attention_mask", "keep", "tgt_row", "tgt_pos", "tgt_tok", "tgt_slot")
+            for name in (
+                "input_ids",
+                "position_ids",
+                "attention_mask",
+                "keep",
+                "tgt_row",
+                "tgt_pos",
+                "tgt_tok",
+                "tgt_slot",
+            )
         }
         ref = None if self.ref_logps is None else self.ref_logps.to(device)
         return Batch(

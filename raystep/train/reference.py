@@ -70,10 +70,15 @@ def attach(pairs: Sequence[TokenizedPair], table: RefTable) -> None:
         p.ref_chosen_logp, p.ref_rejected_logp = table[p.index]
 
 
-def write_reference(path: str | Path, rows: Sequence[dict[str, Any]], table: RefTable, fingerprint: dict) -> None:
+def write_reference(
+    path: str | Path, rows: Sequence[dict[str, Any]], table: RefTable, fingerprint: dict
+) -> None:
     """The pair rows with ``ref_chosen_logp`` / ``ref_rejected_logp`` filled, plus a fingerprint file."""
     path = Path(path)
-    out = [{**row, "ref_chosen_logp": table[i][0], "ref_rejected_logp": table[i][1]} for i, row in enumerate(rows)]
+    out = [
+        {**row, "ref_chosen_logp": table[i][0], "ref_rejected_logp": table[i][1]}
+        for i, row in enumerate(rows)
+    ]
     write_parquet(path, out)
     path.with_suffix(".json").write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
 
@@ -92,6 +97,8 @@ def read_reference(path: str | Path, fingerprint: dict) -> RefTable | None:
 
 def table_from_rows(rows: Sequence[dict[str, Any]]) -> RefTable | None:
     """Reference values carried by the input pairs themselves (all rows, or None)."""
-    if rows and all(r.get("ref_chosen_logp") is not None and r.get("ref_rejected_logp") is not None for r in rows):
+    if rows and all(
+        r.get("ref_chosen_logp") is not None and r.get("ref_rejected_logp") is not None for r in rows
+    ):
         return {i: (float(r["ref_chosen_logp"]), float(r["ref_rejected_logp"])) for i, r in enumerate(rows)}
     return None

@@ -45,9 +45,15 @@ def load_pairs(config: RunConfig, run_dir: RunDir) -> tuple[list[dict[str, Any]]
     rejects = Rejects(run_dir.path / "train" / "rejects.jsonl") if config.data.rejects else None
     rows = read_rows(path, kind="pair", rejects=rejects)
     if config.train.mode == "dpo":
-        bad = [i for i, r in enumerate(rows) if not (r.get("full_chosen") or "").strip() or not (r.get("full_rejected") or "").strip()]
+        bad = [
+            i
+            for i, r in enumerate(rows)
+            if not (r.get("full_chosen") or "").strip() or not (r.get("full_rejected") or "").strip()
+        ]
         if bad:
-            raise ValueError(f"{path}: train.mode=dpo needs full_chosen/full_rejected; rows {bad[:5]} lack them")
+            raise ValueError(
+                f"{path}: train.mode=dpo needs full_chosen/full_rejected; rows {bad[:5]} lack them"
+            )
     if not rows:
         raise ValueError(f"{path}: no pairs to train on")
     return rows, path, rejects
@@ -130,14 +136,17 @@ def token_stats(settings: LoopSettings) -> dict[str, Any]:
 def fit(config: RunConfig, settings: LoopSettings) -> Any:
     """Build and run the ``TorchTrainer``; returns Ray's ``Result``."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = config.train
     if not ray.is_initialized():
         ray.init()
     if t.use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
-        raise ConfigError("train.use_gpu is true but the Ray cluster has no GPU; set train.use_gpu=false for CPU")
+        raise ConfigError(
+            "train.use_gpu is true but the Ray cluster has no GPU; set train.use_gpu=false for CPU"
+        )
     storage = t.checkpoint_storage or settings.train_dir
     trainer = TorchTrainer(
         train_loop,
@@ -190,6 +199,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         stats.update(summarize(log_rows))
         stats["checkpoint"] = result.checkpoint.path if result.checkpoint else None
         stats["model_dir"] = settings.model_dir
+        stats["error"] = None  # clears the error an earlier, failed attempt left in the manifest
     return stats
 
 

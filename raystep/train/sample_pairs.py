@@ -31,7 +31,9 @@ def perturb_step(step: str, rng: random.Random) -> str | None:
     return step[: m.start()] + str(wrong) + step[m.end() :]
 
 
-def gsm8k_pairs(path: str | os.PathLike[str], n: int, seed: int = 0, min_prefix_steps: int = 2) -> list[dict[str, Any]]:
+def gsm8k_pairs(
+    path: str | os.PathLike[str], n: int, seed: int = 0, min_prefix_steps: int = 2
+) -> list[dict[str, Any]]:
     """``n`` pairs in the public schema from a GSM8K JSONL file (deterministic for a seed).
 
     Each pair takes the last reasoning step that has a number as the branch point, so the prefix holds
@@ -46,7 +48,9 @@ def gsm8k_pairs(path: str | os.PathLike[str], n: int, seed: int = 0, min_prefix_
             row = json.loads(line)
             body = row["answer"].split("####")[0]
             steps = split_steps(body)
-            candidates = [k for k in range(min_prefix_steps + 1, len(steps) + 1) if _NUMBER.search(steps.body(k))]
+            candidates = [
+                k for k in range(min_prefix_steps + 1, len(steps) + 1) if _NUMBER.search(steps.body(k))
+            ]
             if not candidates:
                 continue
             k = candidates[-1]

@@ -31,7 +31,9 @@ def branch_logps(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     logprobs = torch.log_softmax(logits[src].float(), dim=-1)
     token_logps = logprobs.gather(-1, batch.tgt_tok[:, None]).squeeze(-1)
     n = 2 * batch.num_pairs
-    sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, batch.tgt_slot, token_logps)
+    sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(
+        0, batch.tgt_slot, token_logps
+    )
     counts = torch.zeros(n, dtype=torch.long, device=token_logps.device).index_add(
         0, batch.tgt_slot, torch.ones_like(batch.tgt_slot)
     )
