@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Literal
 
 STEP_PRIMER = "Let's think step by step.\nStep 1:"
@@ -138,7 +139,7 @@ def split_steps(text: str) -> Steps:
     starts = [m.start() for m in _HEADER.finditer(text)]
     if starts:
         bounds = starts + [len(text)]
-        return Steps(text[: starts[0]], tuple(text[a:b] for a, b in zip(bounds, bounds[1:])), "header")
+        return Steps(text[: starts[0]], tuple(text[a:b] for a, b in pairwise(bounds)), "header")
     chunks = [m.group(0) for m in re.finditer(r"[^\n]*\n*|[^\n]+", text) if m.group(0)]
     preamble = ""
     while chunks and not chunks[0].strip():
