@@ -163,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         help="row budget of the shared layout (attention under a dense mask is quadratic in the row length)",
     )
     parser.add_argument("--epochs", type=int, default=8, help="for the amortised reference ratio (paper: 8)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch (0: torch's default); one thread keeps timings stable on a shared machine",
+    )
     parser.add_argument("--template", default="qwen2-boxed")
     parser.add_argument("--data", default=None, help="GSM8K train.jsonl (default: the shared data folder)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
@@ -183,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no GPU")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_tokenizer(gsm8k_texts(data, limit=2000), tmp, vocab_size=1024)

@@ -40,7 +40,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "samples": 4,
         "rectify_n": 4,
         "rollouts": 2,
-        "warmup_steps": 400,
+        "warmup_steps": 800,
         "epochs": 1,
     },
 }
@@ -122,10 +122,12 @@ def test_problems(config: RunConfig) -> list[dict[str, Any]]:
 
 
 def ensure_ray() -> None:
+    """A local Ray of our own (``address="local"``): never attach to a cluster someone else started here."""
     import ray
 
     if not ray.is_initialized():
         ray.init(
+            address="local",
             num_cpus=max(4, os.cpu_count() or 2),
             include_dashboard=False,
             log_to_driver=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -197,9 +198,7 @@ def test_warmup_data_mixes_correct_and_mistaken_solutions():
 
 @pytest.mark.slow
 def test_short_warmup_learns_the_step_format_and_is_cached(tmp_path):
-    quick = PolicySettings(
-        num_examples=800, steps=120, batch_size=16, hidden_size=64, num_layers=2, intermediate_size=128
-    )
+    quick = PolicySettings(num_examples=800, steps=200)
     folder, stats = ensure_policy(tmp_path / "policy", quick, progress=False)
     assert stats["cached"] is False
     assert stats["final_loss"] < stats["loss_curve"][0] / 2
@@ -215,3 +214,49 @@ def test_short_warmup_learns_the_step_format_and_is_cached(tmp_path):
     assert stats2["cached"] is True
     assert (again / "model.safetensors").stat().st_mtime_ns == mtime
     assert json.loads((folder / "warmup.json").read_text())["fingerprint"] == quick.fingerprint()
+
+
+# ---- the demo and the ablation (their pure parts; the quick demo runs end to end below) -------------
+
+
+def test_demo_settings_are_a_valid_run_config_and_user_overrides_win():
+    from raystep.demo import SIZES, demo_overrides
+
+    for size in SIZES:
+        cfg = load_config(None, demo_overrides(size, 8399))
+        assert cfg.data.source == "synth" and cfg.model.template == "plain"
+        assert cfg.serve.host == "127.0.0.1" and cfg.train.use_gpu is False
+        assert cfg.localize.methods == ["verifier", "rollout"]
+    cfg = load_config(None, [*demo_overrides("quick", 8399), "train.beta=0.3"])
+    assert cfg.train.beta == 0.3
+
+
+def test_ablation_interval_is_a_t_interval_over_seeds():
+    from raystep.synth.ablate import mean_interval
+
+    one = mean_interval([0.5])
+    assert one["low"] == one["high"] == 0.5
+    three = mean_interval([0.4, 0.5, 0.6])
+    assert three["mean"] == pytest.approx(0.5)
+    assert three["high"] - three["mean"] == pytest.approx(4.30 * 0.1 / 3**0.5)
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_the_whole_loop(tmp_path, ray_local):
+    """warm-up -> collect -> localize -> rectify -> Ray Train + DeepSpeed -> Serve -> openai eval -> report."""
+    from raystep.demo import demo_overrides, run
+
+    cfg = load_config(None, [*demo_overrides("quick", 8397), f"storage.root={tmp_path}"])
+    report = run(cfg, "quick", progress=False)
+    folder = tmp_path / "demo-quick" / "demo"
+    for name in ("report.md", "report.json", "overview.png"):
+        assert (folder / name).exists(), name
+    assert report["pairs"] > 0
+    assert report["collect"]["samples"] == 24 * 4
+    assert report["localize"]["localized"] == report["collect"]["wrong"]
+    assert report["before"]["problems"] == report["after"]["problems"] == 60
+    assert 0.0 < report["before"]["accuracy"] < 1.0
+    for key in ("before", "after"):
+        log = Path(report[key]["folder"]) / "samples.jsonl"
+        assert sum(1 for line in log.read_text().splitlines() if line.strip()) == 60
+    assert "accuracy before" in (folder / "report.md").read_text()

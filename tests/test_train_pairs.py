@@ -222,3 +222,24 @@ def _events(folder: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+
+
+def test_bad_pair_rows_name_file_and_line_or_go_to_rejects(tmp_path, rows):
+    import json
+
+    from raystep.config import load_config
+    from raystep.records import RowError
+    from raystep.runs import RunDir
+    from raystep.train.run import load_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        json.dumps(rows[0]) + "\n" + json.dumps({"prompt": "q"}) + "\n" + json.dumps(rows[1]) + "\n"
+    )
+    config = load_config(None, [f"storage.root={tmp_path}", f"train.pairs={path}"])
+    with pytest.raises(RowError, match=r"pairs.jsonl:2: missing field 'initial_reason_steps'"):
+        load_pairs(config, RunDir.from_config(config))
+    config = load_config(None, [f"storage.root={tmp_path}", f"train.pairs={path}", "data.rejects=true"])
+    kept, _, rejects = load_pairs(config, RunDir.from_config(config))
+    assert len(kept) == 2 and rejects.count == 1
+    assert json.loads(rejects.path.read_text())["line"] == 2

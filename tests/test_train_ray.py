@@ -140,6 +140,12 @@ def test_exported_folder_loads_and_generates(faulty_run, tiny_model: Path):
     base = load_file(tiny_model / "model.safetensors")
     assert trained.keys() == base.keys()
     assert any(not torch.equal(trained[k], base[k]) for k in base)  # ZeRO-3 shards were gathered, and trained
+    # the offline path (zero_to_fp32 on the last checkpoint) rebuilds the same weights
+    from raystep.train.export import consolidate_checkpoint
+
+    offline = consolidate_checkpoint(stats["checkpoint"])
+    for name, tensor in trained.items():
+        torch.testing.assert_close(offline[name].to(tensor.dtype), tensor, rtol=0, atol=0)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     ids = tok("Natalia sold clips to 48 of her friends.", return_tensors="pt")

@@ -65,8 +65,12 @@ def plot(path: Path, table: dict[str, list[float]], summary: dict[str, dict[str,
         s = summary[arm]
         ax.bar(i, 100 * s["mean"], color=["#999", "#57a", "#2a7"][i], alpha=0.8)
         ax.errorbar(
-            [i], [100 * s["mean"]], yerr=[[100 * (s["mean"] - s["low"])], [100 * (s["high"] - s["mean"])]],
-            fmt="none", ecolor="k", capsize=5,
+            [i],
+            [100 * s["mean"]],
+            yerr=[[100 * (s["mean"] - s["low"])], [100 * (s["high"] - s["mean"])]],
+            fmt="none",
+            ecolor="k",
+            capsize=5,
         )
         ax.scatter([i] * len(table[arm]), [100 * v for v in table[arm]], color="k", s=12, zorder=3)
     ax.set_xticks(range(len(ARMS)), ARMS)
@@ -101,7 +105,11 @@ def run(config: RunConfig, seeds: list[int], size: str = "full", progress: bool 
         localize.run(data_cfg)
         rectify.run(data_cfg)
         pairs_file = RunDir.from_config(data_cfg).path / "pairs" / "pairs.jsonl"
-        n_pairs = sum(1 for line in pairs_file.read_text().splitlines() if line.strip()) if pairs_file.exists() else 0
+        n_pairs = (
+            sum(1 for line in pairs_file.read_text().splitlines() if line.strip())
+            if pairs_file.exists()
+            else 0
+        )
         row: dict[str, Any] = {"seed": seed, "pairs": n_pairs, "no training": baseline["accuracy"]}
         for arm, mode in (("DPO", "dpo"), ("Step-DPO", "stepdpo")):
             cfg = arm_config(data_cfg, mode)
@@ -136,7 +144,9 @@ def render(report: dict[str, Any]) -> str:
         "| --- | --- | " + " | ".join("---" for _ in ARMS) + " |",
     ]
     for r in report["per_seed"]:
-        lines.append(f"| {r['seed']} | {r['pairs']} | " + " | ".join(f"{100 * r[a]:.1f}" for a in ARMS) + " |")
+        lines.append(
+            f"| {r['seed']} | {r['pairs']} | " + " | ".join(f"{100 * r[a]:.1f}" for a in ARMS) + " |"
+        )
     lines.append(
         "| mean (95% t-CI) | | "
         + " | ".join(
@@ -146,7 +156,10 @@ def render(report: dict[str, Any]) -> str:
         + " |"
     )
     d = report["stepdpo_minus_dpo"]
-    lines += ["", f"Step-DPO - DPO: {100 * d['mean']:+.1f} points (95% t-CI {100 * d['low']:+.1f} to {100 * d['high']:+.1f})."]
+    lines += [
+        "",
+        f"Step-DPO - DPO: {100 * d['mean']:+.1f} points (95% t-CI {100 * d['low']:+.1f} to {100 * d['high']:+.1f}).",
+    ]
     return "\n".join(lines)
 
 

@@ -49,7 +49,7 @@ class PolicySettings:
     num_examples: int = 4000
     mistake_rate: float = 0.3
     """Share of warm-up solutions that contain one slip (kind and step drawn at random)."""
-    steps: int = 1200
+    steps: int = 1500
     batch_size: int = 16
     learning_rate: float = 5e-3
     warmup_ratio: float = 0.05

@@ -52,8 +52,10 @@ def save_hf_model(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # load straight into the export dtype (LoRA merges in fp32 first); keeps rank 0's host memory at one copy
+    load_dtype = torch.float32 if (lora is not None or dtype is None) else dtype
     model = AutoModelForCausalLM.from_pretrained(
-        base_model, dtype=torch.float32, trust_remote_code=trust_remote_code
+        base_model, dtype=load_dtype, trust_remote_code=trust_remote_code
     )
     if lora is not None and _lora_base_keys(state_dict):
         from peft import get_peft_model

@@ -106,8 +106,8 @@ def deepspeed_config(s: LoopSettings, plan: TrainPlan) -> dict[str, Any]:
                 "betas": [0.9, 0.999],
                 "eps": 1e-8,
                 "weight_decay": s.weight_decay,
-                # DeepSpeed's fused Adam is a CUDA op; on CPU use torch's AdamW
-                "torch_adam": not s.use_gpu,
+                # torch's AdamW (foreach on GPU) needs no op build; with offload DeepSpeed's C++ CPU Adam
+                "torch_adam": s.offload == "none",
             },
         },
         "steps_per_print": 10**9,
@@ -208,7 +208,9 @@ def train_loop(config: dict[str, Any]) -> None:
             print(f"[raystep train] {name} at {time.perf_counter() - t_start:.1f}s", flush=True)
 
     if s.use_gpu:
-        device = torch.device("cuda", ctx.get_local_rank())
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()  # this worker's GPU under Ray's CUDA_VISIBLE_DEVICES
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")

@@ -8,7 +8,6 @@ and resume.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -145,7 +144,3 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             out[f"first_{k}"] = rows[0][k]
             out[f"last_{k}"] = rows[-1][k]
     return out
-
-
-def dumps(row: dict[str, Any]) -> str:
-    return json.dumps(row, sort_keys=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,10 @@ def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.pairs:
         config.train.pairs = args.pairs
-    stats = run(config)
+    try:
+        stats = run(config)
+    except (FileNotFoundError, ValueError) as exc:  # missing pairs, malformed rows (file:line), bad sizes
+        print(f"raystep train: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(stats, indent=2, default=str))
     return 0
