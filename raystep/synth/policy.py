@@ -155,6 +155,7 @@ def train_policy(out_dir: str | os.PathLike[str], settings: PolicySettings, prog
         encoded.append((p_ids + c_ids, len(p_ids)))
     max_len = max(len(ids) for ids, _ in encoded)
 
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(settings.torch_threads)
     torch.manual_seed(settings.seed)
     config = Qwen2Config(
@@ -199,6 +200,7 @@ def train_policy(out_dir: str | os.PathLike[str], settings: PolicySettings, prog
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
 
+    torch.set_num_threads(threads_before)
     model.eval()
     model.generation_config = GenerationConfig(
         eos_token_id=[eos, tokenizer.convert_tokens_to_ids("<|im_end|>")], pad_token_id=eos, do_sample=False

@@ -1,0 +1,117 @@
+"""End to end through `ray job submit`: a real local Ray head on 127.0.0.1, the repo uploaded as the
+job's working dir, the tiny pipeline run as a job, the run folder checked, the cluster stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """`ray start --head` bound to loopback, with its own temp dir; stopped whatever happens."""
+    import ray
+
+    ray.shutdown()  # the session's in-process Ray, if any, must not be confused with this cluster
+    gcs, dash = free_port(), free_port()
+    # Ray 2.60 clusters use token auth (the dashboard and job API refuse requests without the token):
+    # give the head and the clients one token of this test's own, as a user would export theirs.
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": uuid.uuid4().hex,
+    }
+    temp = Path("/tmp") / f"rs-job-{os.getpid()}"
+    start = [
+        RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4",
+        "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats",
+    ]  # fmt: skip
+    out = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            probe = subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True)
+            if probe.returncode == 0:
+                break
+            time.sleep(2)
+        yield address, env
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_pipeline_submitted_as_a_ray_job_succeeds_and_fills_the_run_folder(
+    ray_head, tiny_model, shared_data, tmp_path
+):
+    address, env = ray_head
+    storage = tmp_path / "runs"
+    submit = [
+        RAY, "job", "submit", "--address", address, "--no-wait",
+        "--working-dir", ".", "--runtime-env", "jobs/runtime_env.yaml", "--",
+        "python", "jobs/pipeline.py", "--config", "jobs/configs/tiny-cpu.yaml",
+        "--stages", "collect,localize,rectify",
+        "--set", f"storage.root={storage}", "--set", f"model.path={tiny_model}",
+        "--set", f"data.path={shared_data / 'gsm8k' / 'train.jsonl'}", "--set", "data.limit=4",
+        "--set", "sampling.n=2", "--set", "sampling.max_new_tokens=24",
+        "--set", "localize.rollout.max_new_tokens=16", "--set", "rectify.n=2",
+    ]  # fmt: skip
+    out = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    job_id = next(
+        w
+        for line in out.stdout.splitlines()
+        for w in line.replace("'", " ").split()
+        if w.startswith("raysubmit_")
+    )
+
+    status = ""
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        st = subprocess.run(
+            [RAY, "job", "status", "--address", address, job_id], env=env, capture_output=True, text=True
+        )
+        status = st.stdout.upper()
+        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+            break
+        time.sleep(3)
+    logs = subprocess.run(
+        [RAY, "job", "logs", "--address", address, job_id], env=env, capture_output=True, text=True
+    )
+    assert "SUCCEEDED" in status, status + logs.stdout[-4000:]
+
+    run = storage / "tiny-cpu"
+    manifest = json.loads((run / "manifest.json").read_text())
+    for stage in ("collect", "localize", "rectify"):
+        assert manifest["stages"][stage]["status"] == "done", manifest["stages"].get(stage)
+    assert manifest["stages"]["pipeline"]["status"] == "done"
+    from raystep.records import read_parquet
+
+    samples = read_parquet(run / "samples", kind="sample")
+    assert len(samples) == 4 * 2
+    assert len({s["sample_id"] for s in samples}) == 8
+    wrong = [s for s in samples if not s["correct"]]
+    localized = read_parquet(run / "localized", kind="localized")
+    assert {r["sample_id"] for r in localized} == {s["sample_id"] for s in wrong}
+    assert (run / "pairs").is_dir()
+    assert manifest["config"]["model"]["path"] == str(tiny_model)
