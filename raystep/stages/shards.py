@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raystep.records import FieldSpec, RowError, check_row
+from raystep.records import FieldSpec, RowError, read_parquet
 
 UNITS_KEY = b"raystep.units"
 _SHARD = re.compile(r"^part-(\d{5,})\.parquet$")
@@ -141,16 +141,7 @@ class ShardSet:
     def rows(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Every row of every shard, in shard order; validated against ``kind`` when given."""
         kind = kind or self.kind
-        out: list[dict[str, Any]] = []
-        for f in self.files():
-            for i, row in enumerate(pq.read_table(f).to_pylist(), start=1):
-                if kind is not None:
-                    try:
-                        check_row(row, kind)
-                    except ValueError as exc:
-                        raise RowError(f"{f}:row {i}: {exc}") from None
-                out.append(row)
-        return out
+        return [row for f in self.files() for row in read_parquet(f, kind)]
 
     def count_rows(self) -> int:
         return sum(pq.read_metadata(f).num_rows for f in self.files())
