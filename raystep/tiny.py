@@ -35,18 +35,34 @@ def gsm8k_texts(path: str | os.PathLike[str], limit: int | None = None) -> list[
     return texts
 
 
-def build_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike[str], vocab_size: int = 1024):
-    """Train a byte-level BPE tokenizer and save it as a ``PreTrainedTokenizerFast`` with a chat template."""
+def build_tokenizer(
+    texts: Iterable[str],
+    out_dir: str | os.PathLike[str],
+    vocab_size: int = 1024,
+    *,
+    split_digits: bool = False,
+):
+    """Train a byte-level BPE tokenizer and save it as a ``PreTrainedTokenizerFast`` with a chat template.
+
+    ``split_digits`` makes every digit its own token (numbers are never merged), which keeps a tiny
+    model's arithmetic learnable; ``vocab_size`` below the byte alphabet means no merges at all.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=max(vocab_size, len(alphabet) + len(SPECIAL_TOKENS)),
         special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=alphabet,
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer=trainer)

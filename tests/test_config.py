@@ -210,7 +210,7 @@ def test_config_reference_in_docs_is_current() -> None:
         import render_config_reference as ref
     finally:
         sys.path.pop(0)
-    doc = (REPO / "docs" / "sections" / "foundation.md").read_text()
+    doc = (REPO / "README.md").read_text()
     assert ref.render() in doc, "the config reference is stale: run python jobs/render_config_reference.py"
     for key in ("train.beta", "localize.judge.api_key_env", "data.column_map", "serve.host"):
         assert f"| `{key}` |" in doc

@@ -67,7 +67,7 @@ def test_splits_never_share_a_question():
     ops=st.sets(st.sampled_from(["+", "-", "*", "/"]), min_size=1),
 )
 def test_knobs_bound_the_problems(seed, min_steps, extra_steps, max_operand, ops):
-    spec = WorldSpec(
+    knobs = dict(
         min_steps=min_steps,
         max_steps=min_steps + extra_steps,
         min_operand=2,
@@ -75,6 +75,11 @@ def test_knobs_bound_the_problems(seed, min_steps, extra_steps, max_operand, ops
         max_value=4 * max_operand,
         operators=tuple(sorted(ops)),
     )
+    if not _brute_force_chain_exists(**knobs):
+        with pytest.raises(ValueError, match="no chain of"):
+            WorldSpec(**knobs)
+        return
+    spec = WorldSpec(**knobs)
     for p in generate(spec, 5, seed=seed, split="train"):
         assert spec.min_steps <= len(p.events) <= spec.max_steps
         assert spec.min_operand <= p.start <= spec.max_operand
@@ -87,11 +92,38 @@ def test_knobs_bound_the_problems(seed, min_steps, extra_steps, max_operand, ops
         assert all(1 <= v <= spec.max_value for v in p.values())
 
 
+def _brute_force_chain_exists(min_steps, min_operand, max_operand, max_value, operators, **_) -> bool:
+    """Depth-first over every (operator, operand) the knobs allow: an independent check of WorldSpec's."""
+
+    def moves(v):
+        for op in operators:
+            for n in range(1, max_value + 1):
+                if op in "+-" and not min_operand <= n <= max_operand:
+                    continue
+                if op in "*/" and not 2 <= n <= 3:
+                    continue
+                if op == "/" and v % n:
+                    continue
+                w = {"+": v + n, "-": v - n, "*": v * n, "/": v // n}[op]
+                if 1 <= w <= max_value:
+                    yield w
+
+    def extend(v, left):
+        return left == 0 or any(extend(w, left - 1) for w in set(moves(v)))
+
+    return any(extend(v, min_steps) for v in range(min_operand, max_operand + 1))
+
+
 def test_bad_knobs_are_clear_errors():
     with pytest.raises(ValueError, match="min_steps"):
         WorldSpec(min_steps=3, max_steps=2)
     with pytest.raises(ValueError, match="operators"):
         WorldSpec(operators=("^",))
+    # Three halvings from at most 5 cannot stay >= 1: sampling would otherwise draw forever.
+    with pytest.raises(ValueError, match="no chain of 3 steps"):
+        WorldSpec(min_steps=3, max_steps=3, max_operand=5, max_value=20, operators=("/",))
+    with pytest.raises(ValueError, match="no chain of 3 steps"):
+        WorldSpec(min_steps=3, max_steps=3, max_operand=5, max_value=20, operators=("-",))
 
 
 def test_solution_states_one_true_computation_per_step_and_the_answer():

@@ -199,7 +199,7 @@ def run(config: RunConfig) -> dict[str, Any]:
                     "requests_per_second": rps,
                 },
                 batch_size=loc.batch_size,
-                concurrency=loc.concurrency,
+                compute=ray.data.ActorPoolStrategy(size=loc.concurrency),
                 num_cpus=1,
                 num_gpus=num_gpus,
             )

@@ -87,31 +87,9 @@ def training_pair(question: str, problem_solution: str, template: str) -> tuple[
 
 def build_tokenizer(texts: list[str], out_dir: str | os.PathLike[str], vocab_size: int):
     """A byte-level BPE with single-digit tokens (``vocab_size=0``: no merges, character level)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from raystep.tiny import build_tokenizer as build_bpe
 
-    from raystep.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    tok.decoder = decoders.ByteLevel()
-    size = max(vocab_size, len(alphabet) + len(SPECIAL_TOKENS))
-    trainer = trainers.BpeTrainer(
-        vocab_size=size, special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(str(out_dir))
-    return fast
+    return build_bpe(texts, out_dir, vocab_size, split_digits=True)
 
 
 def warmup_examples(settings: PolicySettings) -> list[tuple[str, str, bool]]:

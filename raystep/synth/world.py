@@ -95,6 +95,12 @@ class WorldSpec:
         bad = [op for op in self.operators if op not in OPERATORS]
         if bad or not self.operators:
             raise ValueError(f"operators must be a non-empty subset of {OPERATORS}, got {self.operators}")
+        if not _chains_exist(self):
+            raise ValueError(
+                f"no chain of {self.min_steps} steps fits these knobs (operators {self.operators}, "
+                f"operands {self.min_operand}..{self.max_operand}, amounts 1..{self.max_value}): "
+                "widen the operand range, raise max_value, add operators or lower min_steps"
+            )
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,32 @@ def solution_with_mistake(problem: Problem, k: int, kind: str, rng: random.Rando
     return "\n".join(lines) + "\n" + answer_line(value)
 
 
+def _successors(spec: WorldSpec, value: int) -> set[int]:
+    """Every amount one event can lead to from ``value`` (the same bounds ``_pick_event`` draws within)."""
+    out: set[int] = set()
+    if "+" in spec.operators:
+        out.update(
+            value + n for n in range(spec.min_operand, min(spec.max_operand, spec.max_value - value) + 1)
+        )
+    if "-" in spec.operators:
+        out.update(value - n for n in range(spec.min_operand, min(spec.max_operand, value - 1) + 1))
+    if "*" in spec.operators and value * 2 <= spec.max_value:
+        out.update(value * n for n in range(2, min(spec.max_factor, spec.max_value // value) + 1))
+    if "/" in spec.operators:
+        out.update(value // d for d in range(2, spec.max_factor + 1) if value % d == 0)
+    return out
+
+
+def _chains_exist(spec: WorldSpec) -> bool:
+    """Whether some start admits ``min_steps`` events: without one, sampling would draw forever."""
+    amounts = set(range(spec.min_operand, spec.max_operand + 1))
+    for _ in range(spec.min_steps):
+        amounts = {nxt for v in amounts for nxt in _successors(spec, v)}
+        if not amounts:
+            return False
+    return True
+
+
 def _loose_op(a: int, op: str, b: int) -> int:
     """Like ``apply_op`` but a non-exact division rounds down (a continuation after a slip may hit one)."""
     return a // b if op == "/" and b else apply_op(a, op, b)
@@ -233,8 +265,12 @@ def _pick_event(rng: random.Random, spec: WorldSpec, value: int) -> Event | None
 
 
 def sample_problem(rng: random.Random, spec: WorldSpec) -> Problem:
-    """One random chain; an event that cannot keep the amount in range is drawn again."""
-    while True:
+    """One random chain; an event that cannot keep the amount in range is drawn again.
+
+    ``WorldSpec`` checks that chains exist, so every draw has a chance; the cap is a guard against knobs
+    that make them vanishingly rare, so a bad spec is an error and never a hang.
+    """
+    for _ in range(100_000):
         name, pronoun = rng.choice(NAMES)
         items = rng.choice(ITEMS)
         start = rng.randint(spec.min_operand, spec.max_operand)
@@ -248,6 +284,7 @@ def sample_problem(rng: random.Random, spec: WorldSpec) -> Problem:
             value = apply_op(value, event.op, event.n)
         else:
             return Problem(name, pronoun, items, start, tuple(events))
+    raise ValueError(f"100000 draws found no chain for {spec}: widen the knobs")
 
 
 def generate(spec: WorldSpec, count: int, seed: int = 0, split: Split = "train") -> list[Problem]:
