@@ -7,7 +7,7 @@ the training settings. Each setting is a ``;``-separated group of ``--set`` item
 
     raystep demo                                   # makes runs/demo/{policy,pairs}
     python jobs/sweep_demo_training.py --run runs/demo \
-        "train.lr=5e-5;train.beta=0.2" "train.lr=5e-4;train.beta=0.2"
+        "train.learning_rate=5e-5;train.beta=0.2" "train.learning_rate=5e-4;train.beta=0.2"
 """
 
 from __future__ import annotations
