@@ -1,9 +1,7 @@
 """The ``raystep localize`` stage on a real local Ray (verifier and judge in Ray Data actors, the judge
 against the FAKE OpenAI server over real HTTP), its resume rules, and ``raystep localize-bench``.
 
-The exact checker used here (``sum_checker``) is imported by the Ray workers by its import path, so
-this module keeps its top-level imports to what a worker has (raystep, pytest); the fake server is
-imported inside the tests that start it.
+The exact checker used here (``tests/checkers.py``) is imported by the Ray workers by its import path.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from checkers import sum_checker  # noqa: E402
 
 from raystep.cli import main as cli_main
 from raystep.config import load_config
@@ -21,20 +20,10 @@ from raystep.records import SAMPLE_FIELDS, RowError, read_jsonl, write_jsonl
 from raystep.runs import RunDir
 from raystep.stages.shards import FAIL_AFTER_ENV, InjectedFailure, ShardSet
 
-CHECKER = "tests.test_localize_stage:sum_checker"
+CHECKER = "tests.checkers:sum_checker"
 """How Ray workers import it: the driver's working directory (the repo root) is on their path."""
-LOCAL_CHECKER = "test_localize_stage:sum_checker"
+LOCAL_CHECKER = "checkers:sum_checker"
 """How this process imports it (pytest put ``tests/`` on the path)."""
-_SUM = re.compile(r"(-?\d+)\s*\+\s*(-?\d+)\s*=\s*(-?\d+)")
-
-
-def sum_checker(question: str, steps: list[str]) -> int:
-    """First step whose ``a + b = c`` is false (or that states none); 0 when all hold."""
-    for k, step in enumerate(steps, 1):
-        m = _SUM.search(step)
-        if not m or int(m.group(1)) + int(m.group(2)) != int(m.group(3)):
-            return k
-    return 0
 
 
 def make_samples(n_problems: int = 5) -> tuple[list[dict[str, Any]], dict[str, int]]:

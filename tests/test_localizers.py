@@ -30,19 +30,6 @@ from raystep.stages.localizers.judge import (
 from raystep.stages.localizers.rollout import HFSampler, RolloutLocalizer, grading_fn, prompt_base
 from raystep.stages.localizers.verifier import VerifierLocalizer
 
-# --- a tiny exact checker of our own: steps of the form "a + b = c" ----------------------------------
-
-_SUM = re.compile(r"(-?\d+)\s*\+\s*(-?\d+)\s*=\s*(-?\d+)")
-
-
-def sum_checker(question: str, steps: list[str]) -> int:
-    """First step whose ``a + b = c`` is false (or that states none); 0 when all hold."""
-    for k, step in enumerate(steps, 1):
-        m = _SUM.search(step)
-        if not m or int(m.group(1)) + int(m.group(2)) != int(m.group(3)):
-            return k
-    return 0
-
 
 def broken_checker(question: str, steps: list[str]) -> int:
     if "boom" in question:
@@ -395,7 +382,7 @@ def test_hf_sampler_draws_n_reproducible_continuations(tiny_model) -> None:
 
 
 def test_registered_verifier_is_exact_and_bugs_become_row_errors() -> None:
-    register_verifier("test-sums", "test_localizers:sum_checker")
+    register_verifier("test-sums", "checkers:sum_checker")
     out = VerifierLocalizer("test-sums").locate(sum_rows())
     assert [r["first_wrong_step"] for r in out] == [0, 2, 1]
     assert all(r["error"] is None and r["localizer"] == "verifier" for r in out)
@@ -448,7 +435,7 @@ def test_combination_rules() -> None:
 
 
 def test_verify_chosen_drops_lucky_chosen_steps() -> None:
-    loc = VerifierLocalizer("test_localizers:sum_checker")
+    loc = VerifierLocalizer("checkers:sum_checker")
     prefix = ["Step 1: 1 + 1 = 2\n"]
     candidates = [
         # chosen step 2 right, continuation right: kept
@@ -498,7 +485,7 @@ def test_rectify_hook_verify_pairs_checks_prefix_plus_full_chosen(tmp_path) -> N
         [
             f"storage.root={tmp_path}",
             "localize.methods=[verifier]",
-            "localize.verifier=test_localizers:sum_checker",
+            "localize.verifier=checkers:sum_checker",
         ],
     )
     prefix = "Let's think step by step.\nStep 1: 1 + 1 = 2\nStep 2:"  # rectify's initial_reason_steps

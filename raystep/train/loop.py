@@ -79,6 +79,20 @@ class LoopSettings:
         return asdict(self)
 
 
+def tokenize_settings_pairs(s: LoopSettings, tokenizer: Any) -> list[Any]:
+    """The run's pairs tokenized exactly as training sees them (the driver's token count uses it too)."""
+    from raystep.train.pairs import tokenize_pairs
+
+    return tokenize_pairs(
+        s.rows,
+        tokenizer,
+        template=s.template,
+        mode=s.mode,
+        max_length=s.max_length,
+        max_prompt_length=s.max_prompt_length,
+    )
+
+
 def use_bf16(s: LoopSettings) -> bool:
     return s.precision == "bf16" or (s.precision == "auto" and s.use_gpu)
 
@@ -195,7 +209,7 @@ def train_loop(config: dict[str, Any]) -> None:
     from raystep.train import reference as refmod
     from raystep.train.export import gather_state_dict, lora_config, save_hf_model
     from raystep.train.metrics import StepLog, mfu, plot_metrics
-    from raystep.train.pairs import build_batch, tokenize_pairs
+    from raystep.train.pairs import build_batch
     from raystep.train.step import StepSettings, dpo_step, step_metrics
 
     s = LoopSettings(**config)
@@ -220,14 +234,7 @@ def train_loop(config: dict[str, Any]) -> None:
     _record_worker(Path(s.train_dir), rank, world)
     tokenizer = AutoTokenizer.from_pretrained(s.tokenizer_path, trust_remote_code=s.trust_remote_code)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    pairs = tokenize_pairs(
-        s.rows,
-        tokenizer,
-        template=s.template,
-        mode=s.mode,
-        max_length=s.max_length,
-        max_prompt_length=s.max_prompt_length,
-    )
+    pairs = tokenize_settings_pairs(s, tokenizer)
     plan = TrainPlan(
         len(pairs), s.global_batch_size, s.micro_batch_size, world, s.epochs, s.seed, s.max_steps
     )

@@ -18,7 +18,7 @@ from typing import Any
 from raystep.config import ConfigError, RunConfig
 from raystep.records import Rejects, read_rows
 from raystep.runs import RunDir, timed_stage
-from raystep.train.loop import LoopSettings, train_loop
+from raystep.train.loop import LoopSettings, tokenize_settings_pairs, train_loop
 from raystep.train.plan import TrainPlan
 
 FAULT_ENV = "RAYSTEP_TRAIN_FAULT"
@@ -111,17 +111,8 @@ def token_stats(settings: LoopSettings) -> dict[str, Any]:
     """Truncation counts and the tokens each layout processes, from the driver's own tokenization."""
     from transformers import AutoTokenizer
 
-    from raystep.train.pairs import tokenize_pairs
-
     tok = AutoTokenizer.from_pretrained(settings.tokenizer_path, trust_remote_code=settings.trust_remote_code)
-    pairs = tokenize_pairs(
-        settings.rows,
-        tok,
-        template=settings.template,
-        mode=settings.mode,
-        max_length=settings.max_length,
-        max_prompt_length=settings.max_prompt_length,
-    )
+    pairs = tokenize_settings_pairs(settings, tok)
     shared = sum(p.shared_tokens for p in pairs)
     two = sum(p.two_sequence_tokens for p in pairs)
     return {
