@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from raystep.config import RunConfig  # noqa: E402
-from raystep.datasets import default_data_dir  # noqa: E402
+from raystep.datasets import default_data_dir, load_benchmark  # noqa: E402
+from raystep.evaluate.report import percentile  # noqa: E402
 from raystep.tiny import build_tiny_model, gsm8k_texts  # noqa: E402
 
 
@@ -37,14 +38,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 async def load(
@@ -102,8 +95,8 @@ async def load(
         "wall_s": round(wall, 2),
         "requests_per_s": round(len(latencies) / wall, 2),
         "tokens_per_s": round(completion_tokens / wall, 1),
-        "p50_s": round(percentile(latencies, 50), 4),
-        "p99_s": round(percentile(latencies, 99), 4),
+        "p50_s": round(percentile(latencies, 0.5), 4) if latencies else float("nan"),
+        "p99_s": round(percentile(latencies, 0.99), 4) if latencies else float("nan"),
         "mean_s": round(statistics.fmean(latencies), 4) if latencies else float("nan"),
         "errors": len(failures),
         "status_5xx": sum(n for code, n in statuses.items() if code >= 500),
@@ -177,7 +170,7 @@ def main() -> int:
     if data is None:
         print("benchmark data not found: set RAYSTEP_DATA", file=sys.stderr)
         return 2
-    prompts = [json.loads(line)["question"] for line in (data / "gsm8k" / "test.jsonl").open()][:256]
+    prompts = [p["question"] for p in load_benchmark("gsm8k", data, limit=256)]
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
             model = Path(args.model)

@@ -28,13 +28,17 @@ HEADER = (
 )
 
 
+SERVE_OVERRIDES = [f"storage.root={RUNS_MOUNT}", "serve.host=0.0.0.0"]
+"""The RayService's serve config is `raystep serve --config CONFIG_7B` with these `--set` items."""
+
+
 def manifests() -> dict[str, dict[str, Any]]:
     """File name -> manifest."""
     one_node = ClusterShape(name="raystep-7b", gpu_nodes=1)
     four_nodes = ClusterShape(name="raystep-72b", gpu_nodes=4)
     # In a pod the Serve proxy must listen on the pod network; a non-loopback bind makes the emitted
     # app check the Bearer key (RAYSTEP_API_KEY from the Secret) before any route runs.
-    serve_config = load_config(ROOT / CONFIG_7B, [f"storage.root={RUNS_MOUNT}", "serve.host=0.0.0.0"])
+    serve_config = load_config(ROOT / CONFIG_7B, SERVE_OVERRIDES)
     return {
         "storage.yaml": storage_claim(one_node),
         "raycluster.yaml": raycluster(one_node),
@@ -50,7 +54,7 @@ def manifests() -> dict[str, dict[str, Any]]:
     }
 
 
-def render(name: str, manifest: dict[str, Any]) -> str:
+def render(manifest: dict[str, Any]) -> str:
     return HEADER + yaml.safe_dump(manifest, sort_keys=False, width=120)
 
 
@@ -63,7 +67,7 @@ def main() -> int:
     stale = []
     for name, manifest in manifests().items():
         path = ROOT / "cluster" / name
-        text = render(name, manifest)
+        text = render(manifest)
         if args.check:
             if not path.exists() or path.read_text() != text:
                 stale.append(name)

@@ -3,7 +3,10 @@
 This is how the README's training-rate table for the arithmetic world was measured: each setting
 trains from the demo's warm-up policy on the demo's own pairs (Ray Train + DeepSpeed on CPU, as the
 demo does) and is scored greedily on the same held-out ``test`` problems, so the rows differ only in
-the training settings. Each setting is a ``;``-separated group of ``--set`` items.
+the training settings. Each setting is a ``;``-separated group of ``--set`` items. For each model it
+prints greedy accuracy, the share of well-formed step solutions, and which operation the exact verifier
+finds wrong first in each wrong answer. Scoring is in-process greedy decoding with the demo's prompt
+(the demo itself scores through Serve and the ``openai`` client; both give 59.0% before training).
 
     raystep demo                                   # makes runs/demo/{policy,pairs}
     python jobs/sweep_demo_training.py --run runs/demo \
@@ -15,13 +18,34 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 from raystep.config import load_config
-from raystep.demo import demo_overrides, ensure_ray
+from raystep.demo import demo_overrides, ensure_ray, test_problems
+from raystep.steps import split_steps
 from raystep.synth.policy import evaluate_policy
-from raystep.synth.world import WorldSpec, generate, problem_row
+from raystep.synth.verify import first_wrong_step, parse_question
 from raystep.train import run as train_run
+
+
+def first_error_ops(rows: list[dict], score: dict) -> dict[str, int]:
+    """For each wrong answer, the operation of its first wrong step ("answer" when every step holds)."""
+    ops: Counter[str] = Counter()
+    for row, response, correct in zip(rows, score["responses"], score["correct"], strict=True):
+        if correct:
+            continue
+        k = first_wrong_step(row["question"], list(split_steps(response).steps))
+        events = parse_question(row["question"])[1]
+        ops[events[k - 1][0] if 1 <= k <= len(events) else "answer"] += 1
+    return dict(ops.most_common())
+
+
+def report(label: str, rows: list[dict], score: dict) -> dict:
+    line = {"accuracy": score["accuracy"], "well_formed": score["well_formed"]}
+    line["first_error_ops"] = first_error_ops(rows, score)
+    print(f"{label}: {json.dumps(line)}", flush=True)
+    return line
 
 
 def main() -> int:
@@ -36,12 +60,9 @@ def main() -> int:
         if not needed.exists():
             parser.error(f"{needed} is missing: run `raystep demo` first (or point --run at its folder)")
     ensure_ray()
-    rows = [
-        problem_row(p, "test", i, 0) for i, p in enumerate(generate(WorldSpec(), args.problems, 0, "test"))
-    ]
-    before = evaluate_policy(run / "policy", rows)
-    print(f"before training: accuracy {before['accuracy']:.3f} on {len(rows)} problems", flush=True)
-    results = []
+    base = load_config(None, [*demo_overrides("full", 8390), f"eval.limit={args.problems}"])
+    rows = test_problems(base)
+    results = {"before": report("before training", rows, evaluate_policy(run / "policy", rows))}
     for setting in args.settings:
         items = [s for s in setting.split(";") if s]
         tag = hashlib.sha1(setting.encode()).hexdigest()[:10]
@@ -57,14 +78,8 @@ def main() -> int:
             ],
         )
         out = train_run.run(cfg)
-        score = evaluate_policy(out["model_dir"], rows)
-        results.append(
-            {"settings": items, "accuracy": score["accuracy"], "well_formed": score["well_formed"]}
-        )
-        print(
-            f"{setting}: accuracy {score['accuracy']:.3f} well-formed {score['well_formed']:.3f}", flush=True
-        )
-    print(json.dumps({"before": before["accuracy"], "results": results}, indent=2))
+        results[setting] = report(setting, rows, evaluate_policy(out["model_dir"], rows))
+    print(json.dumps(results, indent=2))
     return 0
 
 

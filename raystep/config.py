@@ -332,19 +332,17 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``--set`` items to a raw config dict; a key that does not exist is an error naming it."""
-    fields = RunConfig.model_fields
     for item in overrides:
         parts, value = parse_override(item)
         node: dict[str, Any] = data
         model: type[BaseModel] | None = RunConfig
         for i, part in enumerate(parts):
-            known = model.model_fields if model is not None else fields
-            if model is not None and part not in known:
+            if model is not None and part not in model.model_fields:
                 raise ConfigError(f"--set {item!r}: unknown key '{'.'.join(parts[: i + 1])}'")
             if i == len(parts) - 1:
                 node[part] = value
                 break
-            annotation = known[part].annotation if model is not None else None
+            annotation = model.model_fields[part].annotation if model is not None else None
             model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
             child = node.get(part)
             if child is None:

@@ -348,7 +348,7 @@ def load_problems(
         raise DatasetError(f"unknown data.source {source!r}; known: {known}")
 
     local = _local_file(source, data.split, data_dir)
-    dataset = "gsm8k" if source == "gsm8k-stepdpo" else source
+    dataset = _dataset_label(source, source)
     if local is not None:
         records = _iter_file(local, rejects)
         return _convert_all(records, dataset, column_map, data.limit, rejects, f"{dataset}-{data.split}")

@@ -13,9 +13,9 @@ sizes that fit a laptop. A rerun resumes: each stage skips the work already in t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -136,23 +136,37 @@ def ensure_ray() -> None:
         )
 
 
-def evaluate_model(config: RunConfig, model_dir: str, label: str, problems: list[dict[str, Any]]) -> dict:
-    """Serve ``model_dir`` on the CPU app, evaluate it through the openai client, stop serving."""
+def weights_fingerprint(model_dir: str | os.PathLike[str]) -> str:
+    """A short hash of a model folder's weights: which model answered is part of an evaluation's identity."""
+    digest = hashlib.sha1()
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def evaluate_model(
+    config: RunConfig, model_dir: str, label: str, problems: list[dict[str, Any]], progress: bool = True
+) -> dict:
+    """Serve ``model_dir`` on the CPU app, evaluate it through the openai client, stop serving.
+
+    The folder is named by ``label`` and the weights' fingerprint, so a rerun with the same weights
+    resumes and a retrained model (say, another ``--set train.beta``) is evaluated afresh.
+    """
     from raystep.evaluate.benchmark import evaluate_benchmark
     from raystep.grading import Grader
     from raystep.serve import run as serve_run
 
     cfg = config.model_copy(deep=True)
     cfg.serve.model = str(model_dir)
-    cfg.eval.name = label
-    out = RunDir.from_config(cfg).stage("eval") / label / "synth"
+    cfg.eval.name = f"{label}-{weights_fingerprint(model_dir)}"
+    out = RunDir.from_config(cfg).stage("eval") / cfg.eval.name / "synth"
     url = serve_run.start(cfg)
     try:
         serve_run.wait_healthy(url, timeout_s=120)
         cfg.eval.base_url = url
         cfg.eval.model = cfg.serve.model_id
         with Grader(workers=1, timeout_s=5.0) as grader:
-            summary = evaluate_benchmark(cfg.eval, "synth", out, problems, grader)
+            summary = evaluate_benchmark(cfg.eval, "synth", out, problems, grader, progress)
     finally:
         serve_run.shutdown()
     return {"folder": str(out), **{k: summary[k] for k in ("accuracy", "ci95", "problems")}}
@@ -276,8 +290,8 @@ def run(config: RunConfig, size: str = "full", progress: bool = True) -> dict[st
         raise RuntimeError(f"rectify made no pairs (stats: {rectified}); nothing to train on")
     trained = timed("train", train_run.run, config)
     problems = test_problems(config)
-    before = timed("eval before", evaluate_model, config, str(policy_dir), "before", problems)
-    after = timed("eval after", evaluate_model, config, trained["model_dir"], "after", problems)
+    before = timed("eval before", evaluate_model, config, str(policy_dir), "before", problems, progress)
+    after = timed("eval after", evaluate_model, config, trained["model_dir"], "after", problems, progress)
     out = run_dir.stage("demo")
     report = {
         "size": size,
@@ -319,7 +333,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="a CI-sized run (a couple of minutes)")
     parser.add_argument("--port", type=int, default=8321, help="port of the local Serve app (127.0.0.1)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no warm-up or evaluation progress bars")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -330,9 +344,3 @@ def main(args: argparse.Namespace) -> int:
     print(render_report(report))
     print(f"report: {report['run_dir']}/demo/report.md ({time.time() - started:.0f} s in all)")
     return 0
-
-
-if __name__ == "__main__":
-    from raystep.cli import main as cli_main
-
-    sys.exit(cli_main(["demo", *sys.argv[1:]]))

@@ -19,8 +19,6 @@ from typing import Any
 
 from raystep.config import RunConfig
 
-STAGES = ("problems", "samples", "localized", "rectified", "pairs", "train", "model", "eval")
-
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that decide the numbers, for the manifest."""

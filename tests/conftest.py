@@ -15,11 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def data_dir() -> Path:
-    """``$RAYSTEP_DATA`` or the ``shared/data`` folder beside the checkout."""
-    env = os.environ.get("RAYSTEP_DATA")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
-    if not path.exists():
-        pytest.exit(f"benchmark data not found at {path}; set RAYSTEP_DATA", returncode=3)
+    """``$RAYSTEP_DATA`` or the ``shared/data`` folder beside the checkout (as the package finds it)."""
+    from raystep.datasets import default_data_dir
+
+    path = default_data_dir()
+    if path is None:
+        where = os.environ.get("RAYSTEP_DATA") or REPO.parent / "shared" / "data"
+        pytest.exit(f"benchmark data not found at {where}; set RAYSTEP_DATA", returncode=3)
     return path
 
 

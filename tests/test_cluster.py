@@ -112,14 +112,12 @@ def test_rendered_manifests_are_up_to_date():
 
 
 def test_rayservice_serve_config_equals_raystep_serve_emit(tmp_path):
-    from raystep.config import load_config
-    from raystep.serve.llm import serve_config
+    sys.path.insert(0, str(REPO / "jobs"))
+    from render_cluster import CONFIG_7B, SERVE_OVERRIDES
 
     doc = yaml.safe_load((REPO / "cluster" / "rayservice.yaml").read_text())
     embedded = yaml.safe_load(doc["spec"]["serveConfigV2"])
-    overrides = ["storage.root=/mnt/runs", "serve.host=0.0.0.0"]
-    config = load_config(REPO / "jobs/configs/qwen2-7b-instruct.yaml", overrides)
-    assert embedded == serve_config(config)
+    overrides = SERVE_OVERRIDES
     assert embedded["applications"][0]["args"]["ingress_cls_config"]["ingress_extra_kwargs"] == {
         "api_key_env": "RAYSTEP_API_KEY"
     }, "a pod-network bind must check the API key"
@@ -133,7 +131,7 @@ def test_rayservice_serve_config_equals_raystep_serve_emit(tmp_path):
             "--engine",
             "vllm",
             "--config",
-            "jobs/configs/qwen2-7b-instruct.yaml",
+            CONFIG_7B,
             "--set",
             overrides[0],
             "--set",

@@ -355,16 +355,33 @@ def test_select_pairs_filters_by_success_rate_then_caps():
     assert counts["dropped_low_success_rate"] == 1 and counts["dropped_over_cap"] == 1
 
 
+def test_require_unique_names_the_duplicated_units():
+    shards.require_unique([{"id": "a"}, {"id": "b"}], "id", "here")
+    with pytest.raises(ValueError, match=r"^here; duplicated: \['b', 'a'\]$"):
+        shards.require_unique([{"id": "b"}, {"id": "a"}, {"id": "a"}, {"id": "b"}, {"id": "c"}], "id", "here")
+
+
+def test_fold_errors_joins_generation_and_grade_errors():
+    from raystep.engines.graded import fold_errors
+
+    assert fold_errors({"generation_error": None, "grade_error": None}) == {"error": None}
+    assert fold_errors({"generation_error": "gen", "grade_error": "grade", "x": 1}) == {
+        "x": 1,
+        "error": "gen\ngrade",
+    }
+
+
 def test_verify_chosen_hook_is_called_and_counted():
     config = load_config(None, ["rectify.verify_chosen=true", "rectify.max_pairs_per_sample=5"])
     seen = []
 
     def verify(pairs, cfg):
         seen.append(len(pairs))
-        return pairs[:1], len(pairs) - 1
+        return pairs[:1], len(pairs) - 1, 3
 
     kept, counts = rectify.select_pairs([{"pair_id": "a"}, {"pair_id": "b"}], [], config, verify)
     assert seen == [2] and [k["pair_id"] for k in kept] == ["a"] and counts["dropped_verify_chosen"] == 1
+    assert counts["verify_chosen_errors"] == 3  # candidates the verifier could not judge are surfaced
 
 
 def test_build_candidates_dedupes_and_drops_chosen_equal_to_rejected():
@@ -412,13 +429,9 @@ def oracle_first_wrong_step(response: str) -> int:
     taught = steps.split_steps(steps.STEP_PRIMER + TAUGHT)
     mine = steps.split_steps(response)
     for k in range(1, len(mine) + 1):
-        if k > len(taught) or normalize(mine.body(k)) != normalize(taught.body(k)):
+        if k > len(taught) or rectify.normalize_step(mine.body(k)) != rectify.normalize_step(taught.body(k)):
             return k
     return 0
-
-
-def normalize(text: str) -> str:
-    return " ".join(text.split())
 
 
 @pytest.mark.slow
@@ -457,6 +470,8 @@ def test_collect_then_rectify_turns_wrong_samples_into_pairs(
         assert k == source["first_wrong_step"] and source["answer"] == "12"
         assert p["initial_reason_steps"] == steps.split_steps(source["response"]).prefix(k)
         assert p["rejected"] == steps.split_steps(source["response"]).body(k)
-        assert normalize(p["chosen"]) == normalize(taught.body(k))  # the step the model knows
+        assert rectify.normalize_step(p["chosen"]) == rectify.normalize_step(
+            taught.body(k)
+        )  # the step the model knows
         assert p["prompt"] == source["question"] and p["localizer"] == "oracle"
     assert len(read_jsonl(run.path / "pairs" / "pairs.jsonl", kind="pair")) == len(pairs)

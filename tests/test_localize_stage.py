@@ -123,10 +123,14 @@ def test_localize_stage_labels_every_wrong_sample_and_resumes(tmp_path, ray_loca
     manifest = run_dir.read_manifest()["stages"]["localize"]
     assert manifest["status"] == "done" and manifest["localized"] == len(truth)
 
-    # a rerun has nothing to do and writes nothing
+    # a rerun has nothing to do and writes nothing; it only reads samples/, where collect may be
+    # writing a shard (a *.tmp file before its rename) at the same time
     files = ShardSet(run_dir.path / "localized").files()
+    in_flight = run_dir.path / "samples" / "part-99999.parquet.tmp"
+    in_flight.write_bytes(b"collect is writing this shard")
     again = localize.run(config)
     assert again["todo"] == 0 and ShardSet(run_dir.path / "localized").files() == files
+    assert in_flight.read_bytes() == b"collect is writing this shard"
 
 
 @pytest.mark.slow

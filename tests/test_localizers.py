@@ -4,7 +4,6 @@ combination rules and chosen-step verification."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
@@ -295,6 +294,15 @@ def grader():
 
 CASES = [(s, k) for s in (1, 2, 3, 5, 8, 13) for k in sorted({1, (s + 1) // 2, s})]
 
+# Worst-case probes for S steps, worked out by hand. Bisection keeps lo = 0 alive and hi = S dead and
+# probes (lo + hi) // 2 until hi = lo + 1; the worst case (k = S: every probe alive) probes
+# S=2: 1 | S=3: 1, 2 | S=5: 2, 3, 4 | S=8: 4, 6, 7 | S=13: 6, 9, 11, 12 (ceil(log2 S)); a linear scan
+# probes 1 .. S-1. One step needs no probe (j = 0 alive, j = 1 dead).
+MAX_PROBES = {
+    True: {1: 0, 2: 1, 3: 2, 5: 3, 8: 3, 13: 4},
+    False: {1: 0, 2: 1, 3: 2, 5: 4, 8: 7, 13: 12},
+}
+
 
 @pytest.mark.parametrize("bisect", [True, False])
 def test_rollout_finds_the_known_first_error_within_the_bound(grader, bisect: bool) -> None:
@@ -303,19 +311,21 @@ def test_rollout_finds_the_known_first_error_within_the_bound(grader, bisect: bo
     loc = RolloutLocalizer(sampler, grader, num_rollouts=4, bisect=bisect)
     out = loc.locate(rows)
     total = 0
+    worst: dict[int, int] = {}
     for (num_steps, k), res in zip(CASES, out, strict=True):
         assert res["error"] is None
         assert res["first_wrong_step"] == k, (num_steps, k, res["evidence"])
         ev = json.loads(res["evidence"])
-        bound = RolloutLocalizer.max_probes(num_steps, bisect)
+        bound = MAX_PROBES[bisect][num_steps]
+        assert RolloutLocalizer.max_probes(num_steps, bisect) == bound
         assert len(ev["probes"]) <= bound
+        worst[num_steps] = max(worst.get(num_steps, 0), len(ev["probes"]))
         assert ev["rollouts"] == 4 * len(ev["probes"]) <= 4 * bound
         for probe in ev["probes"]:  # every probe recorded with its measured rate
             assert probe["n"] == 4 and probe["rate"] == (0.75 if probe["step"] < k else 0.0)
         total += ev["rollouts"]
     assert loc.stats["rollouts"] == total == sum(sampler.calls)
-    if bisect:
-        assert max(RolloutLocalizer.max_probes(s) for s, _ in CASES) == math.ceil(math.log2(13)) == 4
+    assert worst == MAX_PROBES[bisect]  # k = S reaches the bound: it is tight, not just an upper limit
 
 
 def test_bisection_spends_fewer_rollouts_than_a_linear_scan(grader) -> None:
@@ -511,8 +521,8 @@ def test_rectify_hook_verify_pairs_checks_prefix_plus_full_chosen(tmp_path) -> N
             "pair_id": "lucky",
         },
     ]
-    kept, removed = verify_pairs(pairs, config)
-    assert removed == 1 and kept == [pairs[0]]  # the very pair objects come back, unchanged
+    kept, removed, errors = verify_pairs(pairs, config)
+    assert removed == 1 and errors == 0 and kept == [pairs[0]]  # the very pair objects come back, unchanged
 
 
 def test_vllm_rollouts_are_a_thin_config_checked_here() -> None:

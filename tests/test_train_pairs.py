@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from raystep.records import read_jsonl
 from raystep.steps import build_prompt
 from raystep.train.loss import preference_loss
 from raystep.train.metrics import StepLog
@@ -186,7 +187,10 @@ def test_dpo_step_backward_with_precomputed_reference(model_and_tokenizer, rows)
         p.ref_chosen_logp, p.ref_rejected_logp = table[p.index]
     out = dpo_step(model, build_batch(pairs, "shared"), StepSettings(beta=0.5))
     assert out.loss.item() == pytest.approx(math.log(2), abs=1e-4)  # policy == reference
-    live = dpo_step(model, build_batch(pairs, "shared"), StepSettings(beta=0.5), ref_model=model)
+    # fresh pairs carry no reference, so only the ref_model pass can give policy == reference
+    live_batch = build_batch(tokenize_pairs(rows[:4], tok, template="qwen2-boxed"), "shared")
+    assert live_batch.ref_logps is None
+    live = dpo_step(model, live_batch, StepSettings(beta=0.5), ref_model=model)
     assert live.loss.item() == pytest.approx(math.log(2), abs=1e-5)
     out.loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
@@ -219,9 +223,7 @@ def test_step_log_drops_rows_past_the_checkpoint(tmp_path):
 
 
 def _events(folder: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    return read_jsonl(folder / "events.jsonl")
 
 
 def test_bad_pair_rows_name_file_and_line_or_go_to_rejects(tmp_path, rows):

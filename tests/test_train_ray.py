@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from raystep.config import load_config
-from raystep.records import read_parquet, write_jsonl
+from raystep.records import read_jsonl, read_parquet, write_jsonl
 from raystep.train.plan import TrainPlan, digest
 from raystep.train.sample_pairs import gsm8k_pairs
 
@@ -41,10 +41,6 @@ def make_config(tmp: Path, model: Path, pairs: Path, name: str, *extra: str):
             *extra,
         ],
     )
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def expected_digests(seed: int = 42) -> list[str]:

@@ -33,6 +33,17 @@ def sampling_defaults(config: RunConfig, sampling: dict[str, Any] | None = None)
     return out
 
 
+def prompt_tokenizer(config: RunConfig) -> Any:
+    """The tokenizer ``steps.build_prompt`` needs for the ``chat`` template (None for the others):
+    ``model.tokenizer`` or ``model.path``, honouring ``model.trust_remote_code``."""
+    if config.model.template != "chat":
+        return None
+    from transformers import AutoTokenizer
+
+    m = config.model
+    return AutoTokenizer.from_pretrained(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
+
+
 def build_generator(config: RunConfig, sampling: dict[str, Any] | None = None) -> Generator:
     """The configured engine as a ``Dataset -> Dataset`` function.
 

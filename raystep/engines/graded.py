@@ -69,19 +69,22 @@ class GradeUDF:
         return rows
 
 
+def fold_errors(row: dict[str, Any]) -> dict[str, Any]:
+    """Fold ``generation_error`` and ``grade_error`` into the one ``error`` column (None when neither)."""
+    errors = [e for e in (row.pop("generation_error", None), row.pop("grade_error", None)) if e]
+    row["error"] = "\n".join(errors) if errors else None
+    return row
+
+
 def generate_and_grade(
     config: RunConfig,
     rows: list[dict[str, Any]],
     compose: Callable[[dict[str, Any]], dict[str, Any]],
-    *,
-    text_column: str = "response",
-    gold_column: str = "answer",
-    sampling: dict[str, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield every input row, generated, composed and graded, as soon as its block is done.
 
-    ``rows`` follow the engine contract (``prompt``, ``sampling``) and carry ``gold_column``;
-    ``compose(row)`` runs after generation and must set ``text_column`` (the text to grade).
+    ``rows`` follow the engine contract (``prompt``, ``sampling``) and carry ``answer`` (the gold);
+    ``compose(row)`` runs after generation and must set ``response`` (the text to grade).
     """
     import ray.data
     from ray.data import ActorPoolStrategy
@@ -90,11 +93,10 @@ def generate_and_grade(
         return
     s = config.sampling
     ds = ray.data.from_items(rows)
-    ds = build_generator(config, sampling)(ds)
+    ds = build_generator(config)(ds)
     ds = ds.map(compose)
     ds = ds.map_batches(
         GradeUDF,
-        fn_constructor_kwargs={"text_column": text_column, "gold_column": gold_column},
         batch_size=max(s.batch_size, 16),
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=1),

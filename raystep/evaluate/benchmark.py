@@ -91,10 +91,11 @@ def check_settings(folder: Path, settings: dict[str, Any]) -> None:
 
 def graded_rows(results: list[dict[str, Any]], grader: Any, model: str) -> list[dict[str, Any]]:
     """Turn items merged with their request results into sample rows with verdicts."""
-    answered = [r for r in results if r.get("response") is not None and not r.get("error")]
+    is_answered = [r.get("response") is not None and not r.get("error") for r in results]
+    answered = [r for r, ok in zip(results, is_answered, strict=True) if ok]
     verdicts = iter(grader.grade([r["response"] for r in answered], [r["gold"] for r in answered]))
     rows = []
-    for r in results:
+    for r, ok in zip(results, is_answered, strict=True):
         row = {
             "id": r["id"],
             "sample": r["sample"],
@@ -118,7 +119,7 @@ def graded_rows(results: list[dict[str, Any]], grader: Any, model: str) -> list[
             "error": r.get("error"),
             "model": model,
         }
-        if r.get("response") is not None and not r.get("error"):
+        if ok:
             v = next(verdicts)
             row.update(pred=v.pred, extract_method=v.method, correct=bool(v.correct), grade_status=v.status)
         rows.append(row)

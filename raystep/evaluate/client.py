@@ -62,6 +62,17 @@ def parse_response(api: str, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def failed_result(error: str) -> dict[str, Any]:
+    """The result columns of a request that got no usable answer: no response, ``finish_reason`` "error"."""
+    return {
+        "response": None,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "finish_reason": "error",
+        "error": error,
+    }
+
+
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
         return True
@@ -109,7 +120,7 @@ class EndpointClient:
     async def complete(self, item: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
         """Send one item; the result carries the response or the last error, plus attempts and latency."""
         body = request_payload(item, self.model, self.api, sampling)
-        error: str | None = None
+        error = ""
         async with self._semaphore:
             start = time.perf_counter()
             for attempt in range(self.max_retries + 1):
@@ -126,13 +137,9 @@ class EndpointClient:
                 out.update(attempts=attempt + 1, latency_s=round(time.perf_counter() - start, 4), error=None)
                 return out
             return {
-                "response": None,
-                "prompt_tokens": None,
-                "completion_tokens": None,
-                "finish_reason": "error",
+                **failed_result(error),
                 "attempts": attempt + 1,
                 "latency_s": round(time.perf_counter() - start, 4),
-                "error": error,
             }
 
     async def close(self) -> None:

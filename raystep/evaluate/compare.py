@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from raystep.evaluate.report import item_results
+from raystep.evaluate.report import group_by, item_results, pct
 from raystep.evaluate.samples import read_log
 from raystep.evaluate.stats import mcnemar_exact, wilson_interval
 
@@ -96,18 +96,12 @@ def compare_rows(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> 
         "only_in_b": len(items_b) - len(common),
     }
     for field, key in (("level", "by_level"), ("subject", "by_subject")):
-        groups: dict[str, list[tuple[bool, bool]]] = {}
-        for t in table:
-            if t[field] is not None and t[field] != "":
-                groups.setdefault(str(t[field]), []).append((t["a_correct"], t["b_correct"]))
-        order = sorted(groups, key=(lambda s: (len(s), s)) if field == "level" else None)
-        result[key] = {name: _paired_stats(groups[name]) for name in order}
+        result[key] = {
+            name: _paired_stats([(t["a_correct"], t["b_correct"]) for t in group])
+            for name, group in group_by(table, field).items()
+        }
     result["items"] = table
     return result
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
 
 
 def _delta_table(title: str, buckets: dict[str, Any]) -> list[str]:
@@ -119,7 +113,7 @@ def _delta_table(title: str, buckets: dict[str, Any]) -> list[str]:
     ]
     for name, s in buckets.items():
         lines.append(
-            f"| {name} | {s['n']} | {_pct(s['accuracy_a'])} | {_pct(s['accuracy_b'])} | {100 * s['delta']:+.1f} | "
+            f"| {name} | {s['n']} | {pct(s['accuracy_a'])} | {pct(s['accuracy_b'])} | {100 * s['delta']:+.1f} | "
             f"{s['only_a']} | {s['only_b']} | {s['mcnemar_p']:.4g} |"
         )
     return lines + [""]
@@ -143,8 +137,8 @@ def render_markdown(result: dict[str, Any], label_a: str, label_b: str, benchmar
         f"| **A right** | {o['both_correct']} | {o['only_a']} |",
         f"| **A wrong** | {o['only_b']} | {o['neither']} |",
         "",
-        f"- A ({label_a}): {_pct(o['accuracy_a'])}% (95% CI {_pct(o['ci95_a'][0])}–{_pct(o['ci95_a'][1])})",
-        f"- B ({label_b}): {_pct(o['accuracy_b'])}% (95% CI {_pct(o['ci95_b'][0])}–{_pct(o['ci95_b'][1])})",
+        f"- A ({label_a}): {pct(o['accuracy_a'])}% (95% CI {pct(o['ci95_a'][0])}–{pct(o['ci95_a'][1])})",
+        f"- B ({label_b}): {pct(o['accuracy_b'])}% (95% CI {pct(o['ci95_b'][0])}–{pct(o['ci95_b'][1])})",
         f"- delta B − A: {100 * o['delta']:+.1f} points; exact McNemar p = {o['mcnemar_p']:.4g} "
         f"({o['only_a'] + o['only_b']} discordant items)",
         "",

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raystep.config import EvalConfig
-from raystep.evaluate.client import api_key_from_env, parse_response, request_payload
+from raystep.evaluate.client import api_key_from_env, failed_result, parse_response, request_payload
 
 ACTOR_CPUS = 0.25
 """HTTP actors mostly wait on the network: a quarter CPU each keeps them from starving the cluster."""
@@ -32,20 +32,12 @@ def http_response_to_result(api: str, response: Any) -> dict[str, Any]:
     """The result columns from one ``http_response`` (an error body is kept as the row's error)."""
     result: dict[str, Any] = {"latency_s": None, "attempts": None}
     if not isinstance(response, dict) or response.get("error") or not response.get("choices"):
-        result.update(
-            response=None,
-            prompt_tokens=None,
-            completion_tokens=None,
-            finish_reason="error",
-            error=f"HTTP error response: {str(response)[:1000]}",
-        )
+        result.update(failed_result(f"HTTP error response: {str(response)[:1000]}"))
         return result
     try:
         result.update(parse_response(api, response), error=None)
     except ValueError as exc:
-        result.update(
-            response=None, prompt_tokens=None, completion_tokens=None, finish_reason="error", error=str(exc)
-        )
+        result.update(failed_result(str(exc)))
     return result
 
 

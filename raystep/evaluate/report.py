@@ -58,16 +58,25 @@ def _bucket(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _breakdown(items: list[dict[str, Any]], field: str) -> dict[str, Any]:
+def group_by(items: list[dict[str, Any]], field: str) -> dict[str, list[dict[str, Any]]]:
+    """Items grouped by ``field`` (``level`` / ``subject``), groups sorted; items without it are left out.
+
+    Levels sort by length first, so "Level 10" comes after "Level 9".
+    """
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for item in items:
         if item.get(field) is not None and item.get(field) != "":
             groups[str(item[field])].append(item)
     key = (lambda s: (len(s), s)) if field == "level" else (lambda s: s)
-    return {name: _bucket(groups[name]) for name in sorted(groups, key=key)}
+    return {name: groups[name] for name in sorted(groups, key=key)}
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def _breakdown(items: list[dict[str, Any]], field: str) -> dict[str, Any]:
+    return {name: _bucket(group) for name, group in group_by(items, field).items()}
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The nearest-rank ``q`` quantile (0 <= q <= 1) of ``values``; None when there are none."""
     if not values:
         return None
     ordered = sorted(values)
@@ -118,13 +127,14 @@ def summarize(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any
     summary["mean_completion_tokens"] = statistics.fmean(tokens) if tokens else None
     summary["latency_s"] = {
         "mean": statistics.fmean(latencies) if latencies else None,
-        "p50": _percentile(latencies, 0.5),
-        "p95": _percentile(latencies, 0.95),
+        "p50": percentile(latencies, 0.5),
+        "p95": percentile(latencies, 0.95),
     }
     return summary
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
+    """A fraction as a percentage with one decimal, without the sign: 0.4567 -> "45.7"."""
     return f"{100 * x:.1f}"
 
 
@@ -137,7 +147,7 @@ def _table(title: str, buckets: dict[str, Any]) -> list[str]:
     ]
     for name, b in buckets.items():
         lines.append(
-            f"| {name} | {b['n']} | {_pct(b['accuracy'])} | {_pct(b['ci95'][0])}–{_pct(b['ci95'][1])} |"
+            f"| {name} | {b['n']} | {pct(b['accuracy'])} | {pct(b['ci95'][0])}–{pct(b['ci95'][1])} |"
         )
     return lines + [""]
 
@@ -154,14 +164,14 @@ def render_markdown(summary: dict[str, Any], plots: list[str]) -> str:
         "",
         "| metric | value | 95% Wilson CI | n |",
         "| --- | ---: | --- | ---: |",
-        f"| accuracy (pass@1) | {_pct(summary['accuracy'])}% | {_pct(lo)}–{_pct(hi)}% | {summary['problems']} |",
+        f"| accuracy (pass@1) | {pct(summary['accuracy'])}% | {pct(lo)}–{pct(hi)}% | {summary['problems']} |",
     ]
     for name in ("maj_at_k", "pass_at_k"):
         if name in summary:
             m = summary[name]
             label = f"{name.split('_')[0]}@{m['k']}"
             lines.append(
-                f"| {label} | {_pct(m['accuracy'])}% | {_pct(m['ci95'][0])}–{_pct(m['ci95'][1])}% | {m['n']} |"
+                f"| {label} | {pct(m['accuracy'])}% | {pct(m['ci95'][0])}–{pct(m['ci95'][1])}% | {m['n']} |"
             )
     c = summary["counts"]
     lines += [

@@ -17,9 +17,8 @@ from typing import Any
 
 from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
+from raystep.datasets import BENCHMARKS
 from raystep.runs import RunDir, timed_stage
-
-BENCHMARKS = ("gsm8k", "gsm8k-stepdpo", "math500", "math")
 
 GRADER_WORKERS = max(1, min(4, (os.cpu_count() or 2) // 2))
 GRADER_TIMEOUT_S = 5.0
@@ -111,27 +110,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-_FLAG_KEYS = {
-    "base_url": "base_url",
-    "model": "model",
-    "api": "api",
-    "template": "template",
-    "k": "k",
-    "temperature": "temperature",
-    "max_tokens": "max_tokens",
-    "limit": "limit",
-    "concurrency": "concurrency",
-    "name": "name",
-}
+_FLAGS = (
+    "base_url",
+    "model",
+    "api",
+    "template",
+    "k",
+    "temperature",
+    "max_tokens",
+    "limit",
+    "concurrency",
+    "name",
+)
+"""Command-line flags that set the ``eval`` key of the same name."""
 
 
 def config_with_flags(args: argparse.Namespace) -> RunConfig:
     """The run config with command-line flags applied as ``--set eval.<key>=...`` (validated alike)."""
     overrides = list(getattr(args, "overrides", []) or [])
-    for flag, key in _FLAG_KEYS.items():
+    for flag in _FLAGS:
         value = getattr(args, flag, None)
         if value is not None:
-            overrides.append(f"eval.{key}={json.dumps(value)}")
+            overrides.append(f"eval.{flag}={json.dumps(value)}")
     if getattr(args, "benchmarks", None):
         names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
         overrides.append(f"eval.benchmarks={json.dumps(names)}")

@@ -11,7 +11,6 @@ engine answers. Requests from many clients are gathered by ``@serve.batch`` into
 # parameter named ``request``). Every annotation below is valid at runtime on Python 3.10.
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
@@ -349,10 +348,3 @@ def build_app(
     else:
         options["num_replicas"] = num_replicas
     return OpenAIServer.options(**options).bind(asdict(settings))
-
-
-def dump_settings(settings: AppSettings) -> str:
-    """For logs: the settings without the key hash."""
-    data = asdict(settings)
-    data["api_key_sha256"] = "set" if settings.api_key_sha256 else None
-    return json.dumps(data)

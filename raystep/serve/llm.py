@@ -131,9 +131,10 @@ def vllm_available() -> bool:
 
 
 def build_llm_app(config: RunConfig) -> Any:
-    """The ``ray.serve.llm`` OpenAI application; needs vLLM (``raystep[gpu]``)."""
-    if not vllm_available():
-        raise RuntimeError(f"--engine vllm needs vLLM, which is not installed here: {GPU_EXTRA_HINT}")
+    """The ``ray.serve.llm`` OpenAI application; needs vLLM (``raystep[gpu]``).
+
+    Callers check :func:`vllm_available` first (``raystep.serve.run.start`` does, with the install hint).
+    """
     from ray.serve.llm import build_openai_app
 
     return build_openai_app(app_args(config))

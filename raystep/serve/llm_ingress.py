@@ -65,8 +65,8 @@ def with_bearer_auth(base: type, endpoints: Iterable[str], name: str | None = No
         base.__init__(self, *args, **kwargs)
 
     namespace: dict[str, Any] = {"__init__": __init__, "__module__": __name__}
-    for name in endpoints:
-        namespace[name] = _guard(getattr(base, name))
+    for endpoint in endpoints:
+        namespace[endpoint] = _guard(getattr(base, endpoint))
     cls_name = name or f"BearerAuth{base.__name__}"
     namespace["__qualname__"] = cls_name
     return type(cls_name, (base,), namespace)

@@ -16,7 +16,14 @@ import urllib.request
 
 from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
-from raystep.serve.llm import GPU_EXTRA_HINT, is_loopback, model_source, vllm_available, write_serve_config
+from raystep.serve.llm import (
+    GPU_EXTRA_HINT,
+    build_llm_app,
+    is_loopback,
+    model_source,
+    vllm_available,
+    write_serve_config,
+)
 
 APP_NAME = "raystep"
 
@@ -94,8 +101,6 @@ def start(config: RunConfig) -> str:
     if config.serve.engine == "vllm":
         if not vllm_available():
             raise ServeStartError(f"--engine vllm needs vLLM, which is not installed: {GPU_EXTRA_HINT}")
-        from raystep.serve.llm import build_llm_app
-
         app = build_llm_app(config)
     else:
         app = _cpu_app(config, key_digest)

@@ -22,12 +22,12 @@ from tqdm import tqdm
 from raystep import steps
 from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
-from raystep.engines import sampling_defaults
+from raystep.engines import prompt_tokenizer, sampling_defaults
 from raystep.engines.base import fan_out, normalize_sampling
-from raystep.engines.graded import generate_and_grade
+from raystep.engines.graded import fold_errors, generate_and_grade
 from raystep.records import PROBLEM_FIELDS, SAMPLE_FIELDS, Rejects
 from raystep.runs import RunDir, timed_stage
-from raystep.stages.shards import ShardSet, UnitBuffer
+from raystep.stages.shards import ShardSet, UnitBuffer, require_unique
 
 PROBLEM_KEYS: tuple[str, ...] = tuple(PROBLEM_FIELDS)
 
@@ -49,12 +49,7 @@ def load_run_problems(config: RunConfig, run: RunDir) -> list[dict[str, Any]]:
 
     rejects = Rejects(run.stage("problems") / "rejects.jsonl") if config.data.rejects else None
     problems = load_problems(config.data, rejects=rejects)
-    ids = Counter(p["id"] for p in problems)
-    duplicates = [i for i, c in ids.items() if c > 1]
-    if duplicates:
-        raise ValueError(
-            f"problem ids must be unique (they are the unit of resume); duplicated: {duplicates[:5]}"
-        )
+    require_unique(problems, "id", "problem ids must be unique (they are the unit of resume)")
     shards.write(problems, [p["id"] for p in problems])
     run.update_manifest("problems", data=wanted, problems=len(problems))
     if rejects is not None and rejects.count:
@@ -93,13 +88,6 @@ def to_sample(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def finish_sample(row: dict[str, Any]) -> dict[str, Any]:
-    """Fold the generation and grading errors into the one ``error`` column of the sample schema."""
-    errors = [e for e in (row.pop("generation_error", None), row.pop("grade_error", None)) if e]
-    row["error"] = "\n".join(errors) if errors else None
-    return row
-
-
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts and per-problem accuracy of the samples (what the manifest records)."""
     per_problem: dict[str, list[bool]] = {}
@@ -124,14 +112,6 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _tokenizer_for(config: RunConfig) -> Any:
-    if config.model.template != "chat":
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
-
-
 def run(config: RunConfig) -> dict[str, Any]:
     """Collect samples for every problem not yet written; returns (and records) the stage stats."""
     run_dir = RunDir.from_config(config)
@@ -152,11 +132,11 @@ def run(config: RunConfig) -> dict[str, Any]:
                 key="id",
                 units_per_shard=config.sampling.shard_size,
                 finalize=lambda _unit, rows: sorted(
-                    (finish_sample(r) for r in rows), key=lambda r: r["sample_index"]
+                    (fold_errors(r) for r in rows), key=lambda r: r["sample_index"]
                 ),
                 on_unit=lambda _unit, _rows: bar.update(1),
             )
-            requests = sample_requests(config, todo, _tokenizer_for(config))
+            requests = sample_requests(config, todo, prompt_tokenizer(config))
             for row in generate_and_grade(config, requests, to_sample):
                 buffer.add(row)
             buffer.close()

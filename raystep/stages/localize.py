@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from raystep.config import RunConfig
-from raystep.records import LOCALIZED_FIELDS
+from raystep.records import LOCALIZED_FIELDS, read_parquet
 from raystep.runs import RunDir, timed_stage
-from raystep.stages.shards import ShardSet, UnitBuffer
+from raystep.stages.shards import ShardSet, UnitBuffer, require_unique
 
 STAGE = "localize"
 
@@ -174,20 +174,17 @@ def run(config: RunConfig) -> dict[str, Any]:
 
         api_key_for(loc.judge.base_url, loc.judge.api_key_env)  # fail here, not inside an actor
     with timed_stage(run_dir, STAGE) as stats:
-        samples = ShardSet(samples_dir, kind="sample").rows()
+        samples = read_parquet(samples_dir, kind="sample")  # read only: collect may be writing there
         wrong, counts = select_wrong(samples)
         stats.update(counts, methods=list(loc.methods), combine=loc.combine)
         out_dir = run_dir.stage("localized")
         shards = ShardSet(out_dir, schema=LOCALIZED_FIELDS, kind="localized")
         done = shards.done_units()
-        ids = [str(s["sample_id"]) for s in wrong]
-        dupes = [k for k, n in Counter(ids).items() if n > 1]
-        if dupes:
-            raise ValueError(f"{samples_dir}: duplicate sample_id(s) {dupes[:5]}: cannot resume safely")
+        require_unique(wrong, "sample_id", f"{samples_dir}: sample_id must be unique (the unit of localize)")
         todo = [s for s in wrong if str(s["sample_id"]) not in done]
         stats.update(already_done=len(wrong) - len(todo), todo=len(todo))
         if todo:
-            cache_dir = loc.judge.cache_dir or str(out_dir / "judge-cache")
+            cache_dir = str(out_dir / "judge-cache")  # build_localizer prefers localize.judge.cache_dir
             rps = loc.judge.requests_per_second / loc.concurrency
             num_gpus = config.sampling.num_gpus_per_replica if "rollout" in loc.methods else 0.0
             ds = ray.data.from_items([{"row": json.dumps(s, ensure_ascii=False)} for s in todo])

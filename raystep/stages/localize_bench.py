@@ -133,9 +133,7 @@ def run_bench(
     out_dir.mkdir(parents=True, exist_ok=True)
     own = localizer is None
     if localizer is None:
-        localizer = build_localizer(
-            config, cache_dir=config.localize.judge.cache_dir or out_dir / "judge-cache"
-        )
+        localizer = build_localizer(config, cache_dir=out_dir / "judge-cache")
     located: list[dict[str, Any]] = []
     batch = config.localize.batch_size
     try:

@@ -29,16 +29,19 @@ from tqdm import tqdm
 from raystep import steps
 from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
+from raystep.engines import prompt_tokenizer
 from raystep.engines.base import derive_seed, make_sampling
-from raystep.engines.graded import generate_and_grade
+from raystep.engines.graded import fold_errors, generate_and_grade
 from raystep.records import PAIR_FIELDS, PUBLIC_PAIR_FIELDS, read_parquet, to_public_pair, write_jsonl
 from raystep.runs import RunDir, timed_stage
-from raystep.stages.shards import ShardSet, UnitBuffer
+from raystep.stages.shards import ShardSet, UnitBuffer, require_unique
 
 CHOSEN_VERIFIER = "raystep.stages.localizers.chosen:verify_pairs"
 """Import path of the ``rectify.verify_chosen`` filter (owned by the localize area):
-``verify_pairs(pairs: list[dict], config: RunConfig) -> tuple[list[dict], int]`` returns the pairs
-whose chosen step the localizer accepts, and how many it removed."""
+``verify_pairs(pairs: list[dict], config: RunConfig) -> tuple[list[dict], int, int]`` returns the pairs
+whose chosen step the localizer accepts, how many it removed, and how many it could not judge (kept)."""
+
+ChosenVerifier = Callable[[list[dict[str, Any]], RunConfig], tuple[list[dict[str, Any]], int, int]]
 
 PROVENANCE_FIELDS: tuple[str, ...] = (
     "pair_id",
@@ -85,12 +88,12 @@ def wrong_step(row: dict[str, Any]) -> tuple[str, str, str]:
     return prefix, split.body(k), row["response"][len(prefix) :]
 
 
-def rectify_sampling(config: RunConfig, seed: int, max_new_tokens: int | None = None) -> dict[str, Any]:
+def rectify_sampling(config: RunConfig, seed: int) -> dict[str, Any]:
     r = config.rectify
     return make_sampling(
         temperature=r.temperature,
         top_p=r.top_p,
-        max_new_tokens=max_new_tokens or r.max_new_tokens,
+        max_new_tokens=r.max_new_tokens,
         seed=seed,
         stop=config.sampling.stop,
     )
@@ -209,7 +212,7 @@ def select_pairs(
     candidates: list[dict[str, Any]],
     rollouts: list[dict[str, Any]],
     config: RunConfig,
-    verify: Callable[[list[dict[str, Any]], RunConfig], tuple[list[dict[str, Any]], int]] | None = None,
+    verify: ChosenVerifier | None = None,
 ) -> tuple[list[dict[str, Any]], Counter[str]]:
     """Success-rate filter (when measured), the ``verify_chosen`` hook, then the per-sample cap."""
     counts: Counter[str] = Counter()
@@ -225,13 +228,14 @@ def select_pairs(
             else:
                 counts["dropped_low_success_rate"] += 1
     if r.verify_chosen and kept:
-        kept, removed = (verify or load_chosen_verifier())(kept, config)
+        kept, removed, errors = (verify or load_chosen_verifier())(kept, config)
         counts["dropped_verify_chosen"] += removed
+        counts["verify_chosen_errors"] += errors
     counts["dropped_over_cap"] += max(0, len(kept) - r.max_pairs_per_sample)
     return kept[: r.max_pairs_per_sample], counts
 
 
-def load_chosen_verifier() -> Callable[[list[dict[str, Any]], RunConfig], tuple[list[dict[str, Any]], int]]:
+def load_chosen_verifier() -> ChosenVerifier:
     """The ``rectify.verify_chosen`` hook: resolved from ``CHOSEN_VERIFIER`` with a clear error."""
     module_name, func = CHOSEN_VERIFIER.split(":")
     try:
@@ -282,12 +286,6 @@ def to_rollout(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fold_errors(row: dict[str, Any]) -> dict[str, Any]:
-    errors = [e for e in (row.pop("generation_error", None), row.pop("grade_error", None)) if e]
-    row["error"] = "\n".join(errors) if errors else None
-    return row
-
-
 # -- the stage ----------------------------------------------------------------------------------
 
 
@@ -297,25 +295,12 @@ def read_localized(run: RunDir) -> list[dict[str, Any]]:
     if not folder.is_dir() or not any(folder.glob("*.parquet")):
         raise FileNotFoundError(f"{folder}: no localized shards; run `raystep localize` first")
     rows = read_parquet(folder, kind="localized")
-    ids = Counter(r["sample_id"] for r in rows)
-    duplicates = [i for i, c in ids.items() if c > 1]
-    if duplicates:
-        raise ValueError(
-            f"{folder}: sample_id must be unique (the unit of rectify); duplicated: {duplicates[:5]}"
-        )
+    require_unique(rows, "sample_id", f"{folder}: sample_id must be unique (the unit of rectify)")
     return rows
 
 
-def _tokenizer_for(config: RunConfig) -> Any:
-    if config.model.template != "chat":
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
-
-
 def _phase_continuations(
-    config: RunConfig, run: RunDir, units: list[dict[str, Any]], stats: dict[str, Any]
+    config: RunConfig, run: RunDir, units: list[dict[str, Any]], stats: dict[str, Any], tokenizer: Any
 ) -> ShardSet:
     shards = ShardSet(run.stage("rectified"))
     done = shards.done_units()
@@ -329,12 +314,12 @@ def _phase_continuations(
             key="sample_id",
             units_per_shard=config.sampling.shard_size,
             finalize=lambda _u, rows: sorted(
-                (_fold_errors(r) for r in rows), key=lambda r: r["continuation_index"]
+                (fold_errors(r) for r in rows), key=lambda r: r["continuation_index"]
             ),
             on_unit=lambda _u, _rows: bar.update(1),
         )
         for row in generate_and_grade(
-            config, continuation_requests(config, todo, _tokenizer_for(config)), to_continuation
+            config, continuation_requests(config, todo, tokenizer), to_continuation
         ):
             buffer.add(row)
         buffer.close()
@@ -346,15 +331,16 @@ def _phase_pairs(
     config: RunConfig,
     run: RunDir,
     units: list[dict[str, Any]],
-    continuations: ShardSet,
+    continuations: list[dict[str, Any]],
     stats: dict[str, Any],
+    tokenizer: Any,
 ) -> ShardSet:
     shards = ShardSet(run.stage("pairs"), schema=PAIR_FIELDS, kind="pair")
     verify = load_chosen_verifier() if config.rectify.verify_chosen else None
     done = shards.done_units()
     by_id = {u["sample_id"]: u for u in units}
     conts: dict[str, list[dict[str, Any]]] = {}
-    for row in continuations.rows():
+    for row in continuations:
         if row["sample_id"] in by_id and row["sample_id"] not in done:
             conts.setdefault(row["sample_id"], []).append(row)
     counts: Counter[str] = Counter()
@@ -380,7 +366,7 @@ def _phase_pairs(
     )
     pending = [c for sid, cs in candidates.items() if sid in buffer.expected for c in cs]
     if rollouts > 0 and pending:
-        requests = rollout_requests(config, by_id, pending, _tokenizer_for(config))
+        requests = rollout_requests(config, by_id, pending, tokenizer)
         for row in generate_and_grade(config, requests, to_rollout):
             buffer.add(row)
     buffer.close()
@@ -389,9 +375,9 @@ def _phase_pairs(
     return shards
 
 
-def export_jsonl(shards: ShardSet, path: Any) -> int:
+def export_jsonl(pairs: list[dict[str, Any]], path: Any) -> int:
     """``pairs/pairs.jsonl``: every pair in the public schema (its column order) plus provenance."""
-    rows = sorted(shards.rows(), key=lambda r: r["pair_id"])
+    rows = sorted(pairs, key=lambda r: r["pair_id"])
     return write_jsonl(
         path, ({**to_public_pair(r), **{k: r.get(k) for k in PROVENANCE_FIELDS}} for r in rows)
     )
@@ -405,18 +391,20 @@ def run(config: RunConfig) -> dict[str, Any]:
         if config.rectify.verify_chosen:
             load_chosen_verifier()  # fail before any work when the hook is missing
         localized = read_localized(run_dir)
-        reasons = Counter(skip_reason(r) or "rectified" for r in localized)
-        units = [r for r in localized if skip_reason(r) is None]
+        why = [skip_reason(r) for r in localized]
+        reasons = Counter(w or "rectified" for w in why)
+        units = [r for r, w in zip(localized, why, strict=True) if w is None]
         stats.update(
             localized=len(localized),
             units=len(units),
             skipped={k: v for k, v in reasons.items() if k != "rectified"},
         )
         start = time.time()
-        continuations = _phase_continuations(config, run_dir, units, stats)
-        pairs = _phase_pairs(config, run_dir, units, continuations, stats)
-        stats["generate_seconds"] = round(time.time() - start, 3)
+        tokenizer = prompt_tokenizer(config)
+        continuations = _phase_continuations(config, run_dir, units, stats, tokenizer)
         cont_rows = continuations.rows()
+        pairs = _phase_pairs(config, run_dir, units, cont_rows, stats, tokenizer)
+        stats["generate_seconds"] = round(time.time() - start, 3)
         pair_rows = pairs.rows()
         stats.update(
             continuations=len(cont_rows),
@@ -424,7 +412,7 @@ def run(config: RunConfig) -> dict[str, Any]:
             continuation_errors=sum(bool(r.get("error")) for r in cont_rows),
             pairs=len(pair_rows),
             samples_with_pairs=len({r["sample_id"] for r in pair_rows}),
-            pairs_jsonl=export_jsonl(pairs, pairs.folder / "pairs.jsonl"),
+            pairs_jsonl=export_jsonl(pair_rows, pairs.folder / "pairs.jsonl"),
             public_fields=list(PUBLIC_PAIR_FIELDS),
         )
     return stats

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import signal
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,16 @@ class ShardSet:
         kind = kind or self.kind
         return [row for f in self.files() for row in read_parquet(f, kind)]
 
-    def count_rows(self) -> int:
-        return sum(pq.read_metadata(f).num_rows for f in self.files())
+
+def require_unique(rows: Iterable[dict[str, Any]], key: str, where: str) -> None:
+    """Raise ``ValueError`` when two rows share ``row[key]`` (a unit of resume must be unique).
+
+    The message is ``"<where>; duplicated: [first five duplicated values]"``.
+    """
+    counts = Counter(row[key] for row in rows)
+    duplicates = [value for value, n in counts.items() if n > 1]
+    if duplicates:
+        raise ValueError(f"{where}; duplicated: {duplicates[:5]}")
 
 
 def _maybe_fail(folder: str, written: int) -> None:

@@ -96,7 +96,7 @@ def run(config: RunConfig, seeds: list[int], size: str = "full", progress: bool 
     base.model.path = str(policy_dir)
     demo.ensure_ray()
     problems = demo.test_problems(base)
-    baseline = demo.evaluate_model(base, str(policy_dir), "no-training", problems)
+    baseline = demo.evaluate_model(base, str(policy_dir), "no-training", problems, progress)
     table: dict[str, list[float]] = {arm: [] for arm in ARMS}
     per_seed = []
     for seed in seeds:
@@ -114,7 +114,7 @@ def run(config: RunConfig, seeds: list[int], size: str = "full", progress: bool 
         for arm, mode in (("DPO", "dpo"), ("Step-DPO", "stepdpo")):
             cfg = arm_config(data_cfg, mode)
             trained = train_run.run(cfg)
-            row[arm] = demo.evaluate_model(cfg, trained["model_dir"], mode, problems)["accuracy"]
+            row[arm] = demo.evaluate_model(cfg, trained["model_dir"], mode, problems, progress)["accuracy"]
         for arm in ARMS:
             table[arm].append(row[arm])
         per_seed.append(row)
@@ -168,7 +168,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data and training seeds")
     parser.add_argument("--quick", action="store_true", help="CI-sized runs")
     parser.add_argument("--port", type=int, default=8321, help="port of the local Serve app (127.0.0.1)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no warm-up or evaluation progress bars")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -209,20 +209,20 @@ def solution_with_mistake(problem: Problem, k: int, kind: str, rng: random.Rando
     return "\n".join(lines) + "\n" + answer_line(value)
 
 
+def _operands(spec: WorldSpec, op: str, value: int) -> range | list[int]:
+    """The numbers event ``op`` may use from amount ``value`` so the amount stays in ``1..max_value``."""
+    if op == "+":
+        return range(spec.min_operand, min(spec.max_operand, spec.max_value - value) + 1)
+    if op == "-":
+        return range(spec.min_operand, min(spec.max_operand, value - 1) + 1)
+    if op == "*":
+        return range(2, min(spec.max_factor, spec.max_value // value) + 1)
+    return [d for d in range(2, spec.max_factor + 1) if value % d == 0]
+
+
 def _successors(spec: WorldSpec, value: int) -> set[int]:
-    """Every amount one event can lead to from ``value`` (the same bounds ``_pick_event`` draws within)."""
-    out: set[int] = set()
-    if "+" in spec.operators:
-        out.update(
-            value + n for n in range(spec.min_operand, min(spec.max_operand, spec.max_value - value) + 1)
-        )
-    if "-" in spec.operators:
-        out.update(value - n for n in range(spec.min_operand, min(spec.max_operand, value - 1) + 1))
-    if "*" in spec.operators and value * 2 <= spec.max_value:
-        out.update(value * n for n in range(2, min(spec.max_factor, spec.max_value // value) + 1))
-    if "/" in spec.operators:
-        out.update(value // d for d in range(2, spec.max_factor + 1) if value % d == 0)
-    return out
+    """Every amount one event can lead to from ``value``."""
+    return {apply_op(value, op, n) for op in spec.operators for n in _operands(spec, op, value)}
 
 
 def _chains_exist(spec: WorldSpec) -> bool:
@@ -249,18 +249,9 @@ def _pick_event(rng: random.Random, spec: WorldSpec, value: int) -> Event | None
     rng.shuffle(ops)
     for op in ops:
         variant = rng.randrange(len(EVENTS[op]))
-        if op == "+" and value + spec.min_operand <= spec.max_value:
-            return Event(
-                op, rng.randint(spec.min_operand, min(spec.max_operand, spec.max_value - value)), variant
-            )
-        if op == "-" and value - spec.min_operand >= 1:
-            return Event(op, rng.randint(spec.min_operand, min(spec.max_operand, value - 1)), variant)
-        if op == "*" and value * 2 <= spec.max_value:
-            return Event(op, rng.randint(2, min(spec.max_factor, spec.max_value // value)), variant)
-        if op == "/":
-            divisors = [d for d in range(2, spec.max_factor + 1) if value % d == 0 and value // d >= 1]
-            if divisors:
-                return Event(op, rng.choice(divisors), variant)
+        numbers = _operands(spec, op, value)
+        if numbers:
+            return Event(op, rng.choice(numbers), variant)
     return None
 
 

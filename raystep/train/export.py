@@ -22,12 +22,15 @@ def gather_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor] |
     """Full weights on rank 0 (None elsewhere); every rank must call it."""
     import torch.distributed as dist
 
-    if zero_stage == 3:
-        sd = engine._zero3_consolidated_16bit_state_dict()
-    else:
-        sd = {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
     rank = dist.get_rank() if dist.is_initialized() else 0
-    return {k: v.detach().cpu().clone() for k, v in sd.items()} if rank == 0 and sd else None
+    if zero_stage == 3:
+        sd = engine._zero3_consolidated_16bit_state_dict()  # the collective: every rank takes part
+    elif rank != 0:
+        return None  # below ZeRO-3 rank 0 holds the full weights already
+    else:
+        sd = engine.module.state_dict()
+    # no clone: save_hf_model's load_state_dict copies the values into a fresh model
+    return {k: v.detach().cpu() for k, v in sd.items()} if rank == 0 and sd else None
 
 
 def _lora_base_keys(state_dict: dict[str, torch.Tensor]) -> bool:

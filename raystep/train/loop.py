@@ -190,9 +190,7 @@ def _track(tracker: Any, row: dict[str, Any]) -> None:
     if tracker is None:
         return
     kind, client = tracker
-    numeric = {
-        k.replace("/", "_"): v for k, v in row.items() if isinstance(v, (int, float)) and v is not None
-    }
+    numeric = {k.replace("/", "_"): v for k, v in row.items() if isinstance(v, (int, float))}
     if kind == "mlflow":
         client.log_metrics(numeric, step=row["step"])
     else:
@@ -258,7 +256,6 @@ def train_loop(config: dict[str, Any]) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if s.lora:
             model.enable_input_require_grads()
-    n_params = sum(p.numel() for p in model.parameters())
     phase("model loaded")
     engine, _, _, _ = deepspeed.initialize(
         model=model,
@@ -266,8 +263,8 @@ def train_loop(config: dict[str, Any]) -> None:
         config=ds_config,
         lr_scheduler=_scheduler_factory(s, total),
     )
-    if hf_zero3 is not None:  # ZeRO-3 partitioned the weights at load time; count from DeepSpeed's metadata
-        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
+    # under ZeRO-3 the weights are partitioned: DeepSpeed's ds_numel holds each full size
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
 
     phase("deepspeed ready")
     ref_model = None
@@ -338,7 +335,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if rank == 0:
         log.start(start_step, total)
     tracker = _tracker(s, rank)
-    settings = StepSettings(s.beta, s.loss, s.label_smoothing, s.nll_weight)
+    settings = StepSettings.from_train_config(s)
     layout = "shared" if s.prefix_sharing else "two_sequence"
     device_name = torch.cuda.get_device_name(device) if s.use_gpu else "cpu"
 
@@ -402,11 +399,9 @@ def train_loop(config: dict[str, Any]) -> None:
     if s.export:
         state_dict = gather_state_dict(engine, s.zero_stage)
         if rank == 0 and state_dict is not None:
-            export_dtype = dtype if s.model_dtype == "auto" else None
             from raystep.train.export import DTYPES
 
-            if s.model_dtype in DTYPES:
-                export_dtype = DTYPES[s.model_dtype]
+            export_dtype = DTYPES.get(s.model_dtype, dtype)  # "auto": the training dtype
             tmp = Path(s.model_dir).with_name(Path(s.model_dir).name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             save_hf_model(

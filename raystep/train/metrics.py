@@ -62,8 +62,6 @@ class StepLog:
         if self.metrics_path.exists():
             rows = [r for r in read_jsonl(self.metrics_path) if r.get("step", 0) <= resumed_from_step]
             kept = write_jsonl(self.metrics_path, rows)
-        elif resumed_from_step == 0:
-            self.folder.mkdir(parents=True, exist_ok=True)
         event = "resume" if resumed_from_step else "start"
         append_jsonl(
             self.events_path,

@@ -22,7 +22,7 @@ for either layout.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -137,7 +137,6 @@ class Batch:
     tgt_tok: torch.Tensor
     tgt_slot: torch.Tensor
     num_pairs: int
-    pair_index: list[int] = field(default_factory=list)
     ref_logps: torch.Tensor | None = None
     """``[2 * num_pairs]`` reference log-probs (chosen, rejected interleaved) when precomputed."""
     real_tokens: int = 0
@@ -161,7 +160,6 @@ class Batch:
         return Batch(
             **moved,
             num_pairs=self.num_pairs,
-            pair_index=self.pair_index,
             ref_logps=ref,
             real_tokens=self.real_tokens,
         )
@@ -282,7 +280,6 @@ def build_batch(
         tgt_tok=tgt[:, 2],
         tgt_slot=tgt[:, 3],
         num_pairs=len(pairs),
-        pair_index=[p.index for p in pairs],
         ref_logps=_ref_tensor(pairs),
         real_tokens=sum(len(t) for t in row_tokens),
     )

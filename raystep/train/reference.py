@@ -91,8 +91,7 @@ def read_reference(path: str | Path, fingerprint: dict) -> RefTable | None:
         return None
     if json.loads(meta.read_text()) != json.loads(json.dumps(fingerprint, sort_keys=True)):
         return None
-    rows = read_parquet(path)
-    return {i: (float(r["ref_chosen_logp"]), float(r["ref_rejected_logp"])) for i, r in enumerate(rows)}
+    return table_from_rows(read_parquet(path))
 
 
 def table_from_rows(rows: Sequence[dict[str, Any]]) -> RefTable | None:

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from raystep.config import RunConfig
+from raystep.engines import sampling_defaults
 from raystep.stages.localizers.base import (
     CombinedLocalizer,
     Localizer,
@@ -94,13 +95,9 @@ def _build_rollout(config: RunConfig, sampler: Any, grade: Any) -> Localizer:
     close = None
     if grade is None:
         grade, close = grading_fn()
-    sampling = {
-        "temperature": roll.temperature,
-        "top_p": config.sampling.top_p,
-        "max_new_tokens": roll.max_new_tokens,
-        "seed": config.sampling.seed,
-        "stop": list(config.sampling.stop),
-    }
+    sampling = sampling_defaults(
+        config, {"temperature": roll.temperature, "max_new_tokens": roll.max_new_tokens}
+    )
     return RolloutLocalizer(
         sampler,
         grade,

@@ -90,17 +90,16 @@ def localizer_for(config: RunConfig) -> Localizer:
     key = config.model_dump_json()
     with _LOCK:
         if key not in _LOCALIZERS:
-            cache_dir = (
-                config.localize.judge.cache_dir
-                or RunDir.from_config(config).path / "localized" / "judge-cache"
-            )
+            # the default cache; build_localizer prefers localize.judge.cache_dir when set
+            cache_dir = RunDir.from_config(config).path / "localized" / "judge-cache"
             _LOCALIZERS[key] = build_localizer(config, cache_dir=cache_dir)
         return _LOCALIZERS[key]
 
 
-def verify_pairs(pairs: list[dict[str, Any]], config: RunConfig) -> tuple[list[dict[str, Any]], int]:
+def verify_pairs(pairs: list[dict[str, Any]], config: RunConfig) -> tuple[list[dict[str, Any]], int, int]:
     """Rectify's ``verify_chosen`` hook: pairs (public schema + ``step_index``) whose chosen step the
-    configured localizer accepts, and how many it removed.
+    configured localizer accepts, how many it removed, and how many it could not judge (kept; see
+    ``verify_chosen_detailed``).
 
     The rectified solution is ``initial_reason_steps + full_chosen`` (the prefix up to ``Step k:``, then
     the chosen step and the continuation that reached the answer); the pair's ``prompt`` is the question.
@@ -121,4 +120,4 @@ def verify_pairs(pairs: list[dict[str, Any]], config: RunConfig) -> tuple[list[d
             candidate["policy_prompt"] = build_prompt(config.model.template, p["prompt"], split.preamble)
         candidates.append(candidate)
     check = verify_chosen_detailed(candidates, localizer_for(config))
-    return [pairs[c["_index"]] for c in check.kept], check.removed
+    return [pairs[c["_index"]] for c in check.kept], check.removed, check.errors

@@ -60,15 +60,13 @@ class HFSampler:
 
 
 def vllm_sampling_kwargs(sampling: dict[str, Any], n: int) -> dict[str, Any]:
-    """``vllm.SamplingParams`` arguments for n rollouts of one prefix (plain dict, testable anywhere)."""
-    return {
-        "n": int(n),
-        "temperature": float(sampling.get("temperature", 0.8)),
-        "top_p": float(sampling.get("top_p", 1.0)),
-        "max_tokens": int(sampling.get("max_new_tokens", 1024)),
-        "seed": int(sampling.get("seed", 0)),
-        "stop": list(sampling.get("stop") or []) or None,
-    }
+    """``vllm.SamplingParams`` arguments for n rollouts of one prefix (plain dict, testable anywhere):
+    the engine's ``to_vllm_sampling`` with ``n`` rollouts and defaults for the keys ``sampling`` lacks."""
+    from raystep.engines.base import normalize_sampling
+    from raystep.engines.vllm import to_vllm_sampling
+
+    defaults = {"temperature": 0.8, "top_p": 1.0, "max_new_tokens": 1024, "seed": 0}
+    return {**to_vllm_sampling(normalize_sampling(sampling, defaults)), "n": int(n)}
 
 
 class VLLMSampler:
