@@ -163,7 +163,7 @@ def test_vllm_processor_config_for_gpus_from_the_run_config():
     assert proc.engine_kwargs["tensor_parallel_size"] == 4
     assert proc.engine_kwargs["max_model_len"] == 4096
     assert "distributed_executor_backend" not in proc.engine_kwargs
-    assert proc.placement_group_config == {"bundles": [{"GPU": 1, "CPU": 1}] * 4}
+    assert proc.placement_group_config["bundles"] == [{"GPU": 1, "CPU": 1}] * 4
     assert proc.batch_size == 64 and tuple(proc.concurrency) == (2, 2)
     assert proc.should_continue_on_error is True
     assert proc.chat_template_stage is False  # prompts arrive templated
