@@ -335,3 +335,21 @@ def test_refresh_on_an_empty_run_folder_writes_a_page(tmp_path) -> None:
     again = refresh_report(tmp_path)  # a second refresh replaces the first one whole
     assert again == index
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".report.new", ".report.old"))]
+
+
+def test_a_diverged_loss_and_a_missing_stage_do_not_break_the_page(small_run, tmp_path) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(small_run["run"], run, ignore=shutil.ignore_patterns("report*"))
+    metrics = run / "train" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    rows[-1]["loss"] = float("nan")
+    rows[-2]["loss"] = float("inf")
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.rmtree(run / "localized")
+    result = build_report(run)
+    html = result.index.read_text()
+    payload = json.loads(html.split("<script>window.RS_DATA=", 1)[1].split(";</script>", 1)[0])
+    assert payload["training"]["columns"]["loss"][-2:] == [None, None]  # shown as gaps, not NaN
+    assert payload["training"]["columns"]["loss"][0] == rows[0]["loss"]
+    assert payload["lineage"]["localized"] == 0 and payload["lineage"]["pairs"] == len(small_run["pairs"])
+    assert result.pairs == len(small_run["pairs"])

@@ -192,12 +192,19 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+DATA_FOLDERS = frozenset(
+    {"problems", "samples", "localized", "rectified", "pairs", "train", "model", "policy", "report"}
+)
+"""Top-level folders that hold a stage's data or checkpoints, never a comparison: not searched."""
+
+
 def read_comparisons(run: Path, warn: Warnings) -> list[dict[str, Any]]:
-    """``compare.json`` files written by ``raystep compare`` anywhere in the run folder but the report."""
+    """``compare.json`` files ``raystep compare`` wrote in the run folder (``eval/``, ``demo/``, ...)."""
     out = []
-    for path in sorted(run.rglob("compare.json")):
-        if "report" in path.relative_to(run).parts[:1]:
-            continue
+    tops = [
+        p for p in run.iterdir() if p.is_dir() and p.name not in DATA_FOLDERS and not p.name.startswith(".")
+    ]
+    for path in sorted(f for top in tops for f in top.rglob("compare.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:

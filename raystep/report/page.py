@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,23 @@ from raystep.report.pairs import PairTables
 DATA_DIR = "data"
 
 
+def finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None (a diverged loss must not break the page's JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def js_json(value: Any) -> str:
     """JSON that is safe inside ``<script>``: no ``</script>``, no HTML comment or CDATA openers."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN or infinity somewhere: only then pay for the walk
+        text = json.dumps(finite(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return (
         text.replace("&", "\\u0026")
         .replace("<", "\\u003c")
