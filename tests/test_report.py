@@ -104,8 +104,9 @@ def previews_loaded(driver: Any) -> bool:
 def screenshot(driver: Any, name: str) -> Path:
     """A full-page PNG (the window is resized to the page's height, at most 6000 px)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1440, min(6000, max(900, int(height))))
+    for _ in range(2):  # the page may lay out taller once the window is
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1440, min(6000, max(900, int(height) + 120)))
     path = ARTIFACTS / f"{name}.png"
     driver.save_screenshot(str(path))
     driver.set_window_size(1440, 1000)

@@ -48,7 +48,7 @@ def _model(run: Path) -> dict[str, Any]:
     return {"exported": "config.json" in files, "files": files[:40]}
 
 
-def collect_data(run: Path, preview_chunk: int = 1000, detail_chunk: int = 200) -> tuple[dict, Any]:
+def collect_data(run: Path, preview_chunk: int = 250, detail_chunk: int = 200) -> tuple[dict, Any]:
     """Everything the page shows: (payload for the sections, pair tables)."""
     warn = load.Warnings()
     manifest = load.read_manifest(run, warn)
@@ -138,7 +138,7 @@ def build_report(
     out_dir: str | os.PathLike[str] | None = None,
     *,
     inline_max_bytes: int = 4_000_000,
-    preview_chunk: int = 1000,
+    preview_chunk: int = 250,
     detail_chunk: int = 200,
 ) -> ReportResult:
     """Write the report of ``run_dir`` into ``out_dir`` (default ``<run>/report``); return what it wrote.

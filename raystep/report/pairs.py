@@ -123,7 +123,7 @@ def build_pair_tables(
     problems: dict[str, dict[str, Any]],
     verdicts: dict[str, list[dict[str, Any]]],
     reference: dict[str, tuple[float, float]],
-    preview_chunk: int = 1000,
+    preview_chunk: int = 250,
     detail_chunk: int = 200,
 ) -> PairTables:
     """Index columns plus preview and detail chunks, pairs in ``pair_id`` order (as ``pairs.jsonl``)."""
