@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("raystep.serve.run", "serve a model behind OpenAI-compatible routes on Ray Serve"),
     "eval": ("raystep.evaluate.run", "evaluate an OpenAI-compatible endpoint on GSM8K / MATH"),
     "compare": ("raystep.evaluate.compare", "paired comparison of two evaluations (McNemar)"),
+    "report": ("raystep.report.run", "RUN/report/index.html: pairs, stages, curves and evals offline"),
     "pipeline": ("raystep.pipeline", "collect -> localize -> rectify -> train in one run"),
     "demo": ("raystep.demo", "the whole loop on a built-in arithmetic world, on a local CPU Ray"),
     "ablate": (
