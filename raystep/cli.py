@@ -149,6 +149,9 @@ examples:
 }
 """Each command's ``--help`` epilog: its main choices and an example."""
 
+REPORTED = frozenset({"collect", "localize", "rectify", "train", "eval", "pipeline"})
+"""Commands after which the run's HTML report (``<run>/report/index.html``) is rebuilt."""
+
 RAY_COMMANDS = frozenset(
     {"collect", "localize", "rectify", "localize-bench", "train", "pipeline", "demo", "ablate"}
 )
@@ -185,7 +188,12 @@ def main(argv: list[str] | None = None) -> int:
             from raystep.local_ray import ensure_ray
 
             ensure_ray()
-        return int(module.main(args) or 0)
+        code = int(module.main(args) or 0)
+        if name in REPORTED:
+            from raystep.report import refresh_report
+
+            refresh_report(config_from_args(args).run_dir)
+        return code
     except ConfigError as exc:
         print(f"raystep {name}: config error:\n{exc}", file=sys.stderr)
         return 2

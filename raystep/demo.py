@@ -451,5 +451,10 @@ def main(args: argparse.Namespace) -> int:
     started = time.time()
     report = run(config, size, progress=not args.no_progress)
     print(render_report(report))
+    from raystep.report import refresh_report
+
+    page = refresh_report(report["run_dir"])
     print(f"report: {report['run_dir']}/demo/report.md ({time.time() - started:.0f} s in all)")
+    if page:
+        print(f"open the run in a browser: {page}")
     return 0

@@ -41,9 +41,11 @@ def server(tiny_model: Path):
 
     from raystep.serve.run import shutdown, start
 
-    if not ray.is_initialized():
-        ray.init(**RAY_INIT_KWARGS)
-    os.environ[KEY_ENV] = KEY  # the ingress reads it on the node: here, this machine
+    # The ingress reads the key from its node's environment (a Kubernetes Secret on a cluster): start this
+    # module's Ray with the key in the environment its processes inherit, as a node would have it.
+    ray.shutdown()
+    os.environ[KEY_ENV] = KEY
+    ray.init(**RAY_INIT_KWARGS)
     config = RunConfig.model_validate(
         {
             "model": {"path": str(tiny_model)},
@@ -63,6 +65,7 @@ def server(tiny_model: Path):
     finally:
         shutdown()
         os.environ.pop(KEY_ENV, None)
+        ray.shutdown()  # the next module's Ray starts without the key
 
 
 @pytest.fixture(scope="module")

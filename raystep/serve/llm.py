@@ -75,24 +75,24 @@ def llm_config(config: RunConfig, device: Device | None = None) -> dict[str, Any
     return out
 
 
-def needs_key(config: RunConfig) -> bool:
-    """A key guards the app off loopback always, and on loopback when ``$<serve.api_key_env>`` is set."""
-    return not is_loopback(config.serve.host) or bool(os.environ.get(config.serve.api_key_env))
-
-
 def app_args(config: RunConfig, device: Device | None = None) -> dict[str, Any]:
-    """The ``args`` of ``build_openai_app``; when a key is needed, an ingress that checks it.
+    """The ``args`` of ``build_openai_app``, with raystep's ingress (OpenAI-shaped errors, the Bearer key).
 
+    Off loopback the key is required; on loopback a key set on the node is enforced and none means open.
     The ingress reads the key itself from the environment variable named here, on the node, so the
     secret never appears in the Serve config (nor in a RayService manifest).
     """
-    args: dict[str, Any] = {"llm_configs": [llm_config(config, device)]}
-    if needs_key(config):
-        args["ingress_cls_config"] = {
+    serve = config.serve
+    return {
+        "llm_configs": [llm_config(config, device)],
+        "ingress_cls_config": {
             "ingress_cls": AUTH_INGRESS,
-            "ingress_extra_kwargs": {"api_key_env": config.serve.api_key_env},
-        }
-    return args
+            "ingress_extra_kwargs": {
+                "api_key_env": serve.api_key_env,
+                "require_key": not is_loopback(serve.host),
+            },
+        },
+    }
 
 
 def serve_config(config: RunConfig, device: Device | None = None) -> dict[str, Any]:

@@ -76,6 +76,7 @@ def start(config: RunConfig) -> str:
         raise ServeStartError(f"serving needs vLLM, which is not installed: {VLLM_HINT}")
     app = build_llm_app(config)
     quiet = {"log_level": "WARNING"}  # Serve's INFO lines belong in its log files, not on the terminal
+    _release_idle_serve(config)
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port}, logging_config=quiet)
     _check_bound(config)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # serve.start configured it for INFO
@@ -91,15 +92,39 @@ def _check_bound(config: RunConfig) -> None:
     if (http.host, http.port) != (config.serve.host, config.serve.port):
         raise ServeStartError(
             f"Serve is already running on this Ray cluster at {http.host}:{http.port}, not at "
-            f"{config.serve.host}:{config.serve.port}: use that port, or call raystep.serve.run.shutdown() first"
+            f"{config.serve.host}:{config.serve.port}: use that port, or stop the applications there first"
         )
 
 
-def shutdown() -> None:
-    """Delete the app and stop Serve's actors (Ray itself keeps running)."""
+def _release_idle_serve(config: RunConfig) -> None:
+    """A Serve left with no application (after :func:`shutdown`) on other HTTP options is stopped."""
     from ray import serve
+    from ray.serve.context import _get_global_client
 
-    serve.shutdown()
+    try:
+        client = _get_global_client(raise_if_no_controller_running=True)
+    except Exception:  # no Serve on this cluster
+        return
+    http = client.http_config
+    if (http.host, http.port) != (config.serve.host, config.serve.port) and not serve.status().applications:
+        serve.shutdown()
+
+
+def shutdown() -> None:
+    """Delete raystep's application; Serve's own actors stay up for the next one (or until Ray stops).
+
+    Stopping the controller itself makes Ray print a spurious ``graceful_shutdown failed ... killed by
+    ray.kill`` line, and another app on the cluster may still need it.
+    """
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        running = APP_NAME in serve.status().applications
+    except RayServeException:  # Serve is not running on this cluster
+        return
+    if running:
+        serve.delete(APP_NAME)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
