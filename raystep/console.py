@@ -48,12 +48,14 @@ def quiet_libraries() -> None:
             os.environ.setdefault(name, value)
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
-    # Ray LLM gives each of its module loggers an INFO handler unless their parent already has one.
-    llm = logging.getLogger("ray.llm")
-    if not llm.handlers:
-        llm.addHandler(logging.StreamHandler())
-        llm.propagate = False
-    llm.setLevel(logging.WARNING)
+    # Ray LLM gives each of its module loggers (under ray.llm, and under ray.serve for its Serve builders)
+    # an INFO handler of their own unless the parent already has one: give the parents one at WARNING.
+    for parent in ("ray.llm", "ray.serve"):
+        logger = logging.getLogger(parent)
+        if not logger.handlers:
+            logger.addHandler(logging.StreamHandler())
+            logger.propagate = False
+        logger.setLevel(logging.WARNING)
     try:
         from ray.data import DataContext
 
