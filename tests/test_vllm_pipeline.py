@@ -49,9 +49,9 @@ def ids(rows: list[dict]) -> list[str]:
 
 def test_collect_localize_rectify_on_vllm_then_a_killed_collect_resumes(
     ray_local,
-    taught_model,
-    problems_file,
-    tmp_path,  # noqa: F811
+    taught_model,  # noqa: F811  (the imported fixture)
+    problems_file,  # noqa: F811
+    tmp_path,
 ):
     config = make_config(tmp_path, "vllm", taught_model, problems_file, *VLLM)
     stats = collect.run(config)
