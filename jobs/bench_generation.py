@@ -4,10 +4,11 @@ Same model, same prompts (GSM8K questions in the step prompt), same per-row seed
 times a direct call in this process (``vllm.LLM.generate``; ``HFGenerator.generate``) and the engine
 through Ray Data as the stages run it (``raystep.engines.build_generator``: ``ray.data.llm``'s vLLM
 processor; the hf actor pool), and prints rows/s and generated tokens/s with the engine's start-up
-(model load, engine build, actor start) reported apart from steady-state throughput. Steady state
-through Ray Data is the rate after the first batch has come back; directly, the generate call alone.
-Greedy texts of the two paths of one engine are compared, and the ratios printed: Ray Data / direct
-per engine, and vLLM / hf.
+(model load, engine build, actor start) reported apart from steady-state throughput. Directly, steady
+state is the generate call alone. Through Ray Data, where start-up and generation overlap, the pipeline
+runs twice, on the first half of the rows and on all of them: the extra rows over the extra time is the
+steady-state rate, and what is left of the first run's time is the start-up. Greedy texts of the two
+paths of one engine are compared, and the ratios printed: Ray Data / direct per engine, and vLLM / hf.
 
     python jobs/bench_generation.py                       # a tiny model built on the spot
     python jobs/bench_generation.py --prompts 256 --max-new-tokens 64 --engines vllm hf
@@ -105,29 +106,36 @@ def direct_vllm(config: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]
     return summarize(out, startup, elapsed)
 
 
-def through_ray_data(config: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The engine as the stages run it; start-up is the time to the first batch, less that batch's share."""
+def run_pipeline(config: RunConfig, rows: list[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
+    """The engine as the stages run it, on a fresh Ray Data execution: (seconds, rows in input order)."""
     import ray
 
     from raystep.engines import build_generator
 
     t0 = time.perf_counter()
-    out: list[dict[str, Any]] = []
-    t_first = first_rows = None
-    ds = build_generator(config)(ray.data.from_items(rows))
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        if t_first is None:
-            t_first, first_rows = time.perf_counter() - t0, batch.num_rows
-        out += batch.to_pylist()
-    total = time.perf_counter() - t0
-    steady = (len(out) - first_rows) / (total - t_first) if t_first and total > t_first else None
+    out = build_generator(config)(ray.data.from_items(rows)).take_all()
+    elapsed = time.perf_counter() - t0
     by_key = {(r["id"], r["sample_index"]): r for r in out}
-    ordered = [by_key[(r["id"], r["sample_index"])] for r in rows]
-    result = summarize(ordered, t_first or 0.0, total - (t_first or 0.0), count=len(out) - (first_rows or 0))
-    result["rows_per_s_steady"] = round(steady, 2) if steady else None
-    result["total_seconds"] = round(total, 2)
-    result["first_batch_rows"] = first_rows
-    return result
+    return elapsed, [by_key[(r["id"], r["sample_index"])] for r in rows]
+
+
+def through_ray_data(config: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Half the rows, then all of them: the difference is steady-state work, the rest start-up."""
+    half = rows[: len(rows) // 2]
+    t_half, out_half = run_pipeline(config, half)
+    t_all, out_all = run_pipeline(config, rows)
+    extra_rows = len(rows) - len(half)
+    extra_tokens = sum(int(o["num_generated_tokens"]) for o in out_all[len(half) :])
+    extra_time = max(t_all - t_half, 1e-9)
+    rate = extra_rows / extra_time
+    return {
+        "startup_seconds": round(max(t_half - len(half) / rate, 0.0), 2),
+        "steady_seconds": round(extra_time, 2),
+        "rows_per_s_steady": round(rate, 2),
+        "tokens_per_s_steady": round(extra_tokens / extra_time, 1),
+        "runs_seconds": [round(t_half, 2), round(t_all, 2)],
+        "texts": [o["generated_text"] for o in out_all],
+    }
 
 
 def summarize(
@@ -163,8 +171,10 @@ def main() -> int:
 
     import ray
 
+    from raystep.console import quiet_libraries
     from raystep.local_ray import ensure_ray
 
+    quiet_libraries()
     model = args.model or build_model()
     results: dict[str, dict[str, Any]] = {}
     for engine in args.engines:

@@ -70,6 +70,7 @@ def demo_overrides(size: str, port: int) -> list[str]:
         "sampling.top_p=0.95",
         "sampling.max_new_tokens=80",
         "sampling.batch_size=64",
+        "sampling.concurrency=2",  # two light request actors keep the served policy busy between batches
         "sampling.shard_size=64",
         "localize.methods=[verifier, rollout]",
         "localize.combine=first",

@@ -2,8 +2,9 @@
 local one of its own.
 
 A local Ray is started with ``address="local"`` so a run never attaches to a cluster someone else left
-running on the machine, with enough logical CPUs for a stage's actors to be placed together on a small
-machine, and with workers' output kept in Ray's session logs rather than on the terminal.
+running on the machine, with at least 8 logical CPUs so that a served policy, a stage's request and
+grading actors and its tasks can all be placed on a 2-core machine (they mostly wait on each other),
+and with workers' output kept in Ray's session logs rather than on the terminal.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 LOCAL_ENV = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
-def ensure_ray(min_cpus: int = 4) -> None:
+def ensure_ray(min_cpus: int = 8) -> None:
     """Connect or start once per process; a no-op when Ray is already up."""
     import ray
 

@@ -47,7 +47,8 @@ def ids(rows: list[dict]) -> list[str]:
     return sorted(r["sample_id"] for r in rows)
 
 
-def test_collect_localize_rectify_on_vllm_then_a_killed_collect_resumes(
+@pytest.mark.timeout(1800)  # four vLLM engine starts: about a minute each on a busy 2-core machine
+def test_collect_localize_rectify_on_vllm(
     ray_local,
     taught_model,  # noqa: F811  (the imported fixture)
     problems_file,  # noqa: F811
@@ -88,7 +89,19 @@ def test_collect_localize_rectify_on_vllm_then_a_killed_collect_resumes(
         assert p["chosen"] != p["rejected"]
     assert len(read_jsonl(run.path / "pairs" / "pairs.jsonl", kind="pair")) == len(pairs)
 
-    # `raystep collect` SIGKILLed right after its first shard, then rerun: the same rows, once each
+
+@pytest.mark.timeout(1800)
+def test_a_killed_collect_on_vllm_resumes_to_the_same_rows(
+    ray_local,
+    taught_model,  # noqa: F811  (the imported fixture)
+    problems_file,  # noqa: F811
+    tmp_path,
+):
+    """``raystep collect`` SIGKILLed right after its first shard, then rerun: the rows of an uninterrupted
+    run, once each."""
+    whole = make_config(tmp_path, "whole", taught_model, problems_file, *VLLM)
+    collect.run(whole)
+    samples = read_parquet(Path(whole.run_dir) / "samples", kind="sample")
     killed = make_config(tmp_path, "killed", taught_model, problems_file, *VLLM)
     config_file = tmp_path / "killed.yaml"
     config_file.write_text(yaml.safe_dump(killed.model_dump(mode="json")))
