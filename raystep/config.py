@@ -283,7 +283,7 @@ class TrainConfig(Section):
     attention: Literal["auto", "flex", "sdpa", "varlen"] = "auto"
     """How packed rows attend (same numbers, different cost; see ``raystep.train.attention``).
     ``flex``: a block-sparse flex_attention ``BlockMask`` (fused kernels, CUDA; torch has no flex backward
-    on CPU). ``varlen``: sdpa per pair, gathered from the packed rows (any device). ``sdpa``: one dense
+    on CPU). ``varlen``: sdpa pair by pair on views of the packed rows (any device). ``sdpa``: one dense
     ``[B, 1, L, L]`` mask per row (the fallback; cost grows with the square of the row). ``auto``: flex on
     CUDA, varlen elsewhere."""
     learning_rate: float = Field(default=5e-7, gt=0.0)

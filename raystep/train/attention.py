@@ -12,9 +12,9 @@ that rule on per-token span ids and branch codes; every kernel below applies exa
   attend to are skipped, so packing costs what the pairs cost. On CUDA it runs through transformers'
   compiled ``flex_attention`` (fused forward and backward). torch has no flex backward on CPU (its
   CPU kernel is forward-only), so on CPU it serves checks and no-grad passes only.
-- ``varlen``: each span's tokens gathered into a ``[spans, longest span]`` batch for ``sdpa`` with a small
-  per-span mask, then scattered back: block-diagonal by construction, forward and backward on any
-  device. The projections and MLP still run on the packed, padding-free rows.
+- ``varlen``: ``sdpa`` span by span on views of the packed rows, each with its own small mask (or sdpa's
+  causal kernel for a plain sequence): block-diagonal by construction, exact work, forward and backward
+  on any device. The projections and MLP still run on the packed, padding-free rows.
 
 ``install`` points a Hugging Face model at one attention function (``raystep``) that dispatches on the
 mask the batch carries, so a model serves all three without being reloaded.
@@ -96,71 +96,67 @@ def block_mask(group: torch.Tensor, branch: torch.Tensor) -> Any:
 
 @dataclass
 class Spans:
-    """Gather plan for ``varlen``: span ``s``'s tokens sit at flat positions ``index[s, :n_s]`` of the
-    ``[rows * length]`` token axis; ``mask`` is each span's own ``[Lmax, Lmax]`` attention rule."""
+    """Where each span sits and its own attention rule, for ``varlen``.
 
-    index: torch.Tensor
-    """``[S, Lmax]`` flat token positions (padded slots repeat the span's first token)."""
-    valid: torch.Tensor
-    """``[S, Lmax]`` bool: slot holds a real token of the span."""
-    mask: torch.Tensor
-    """``[S, 1, Lmax, Lmax]`` bool."""
-    targets: torch.Tensor
-    """``index[valid]``: where the gathered outputs go back."""
+    ``table`` rows are host ints (row, start, length, prompt tokens, chosen tokens), so the per-span
+    loop never asks the device for sizes; ``masks[i]`` is span i's ``[n, n]`` bool rule, or None where
+    the span is a plain causal sequence (a two-sequence row) and sdpa's causal kernel applies.
+    """
+
+    table: list[tuple[int, int, int, int, int]]
+    masks: list[torch.Tensor | None]
     rows: int
     length: int
 
 
-def span_plan(spans: torch.Tensor, branch: torch.Tensor, longest: int) -> Spans:
-    """``spans``: ``[S, 3]`` (row, start, length) on the device; ``branch``: ``[B, L]`` branch codes."""
-    rows, length = branch.shape
-    slot = torch.arange(longest, device=spans.device)
-    valid = slot[None, :] < spans[:, 2:3]
-    start = spans[:, 0:1] * length + spans[:, 1:2]
-    index = start + torch.where(valid, slot[None, :], torch.zeros_like(slot)[None, :])
-    br = branch.reshape(-1)[index]
-    causal = slot[:, None] >= slot[None, :]
-    ok = causal[None] & valid[:, None, :] & ~((br[:, :, None] == 2) & (br[:, None, :] == 1))
-    ok |= torch.eye(longest, dtype=torch.bool, device=spans.device)[None]  # padded slots see themselves
-    return Spans(index=index, valid=valid, mask=ok[:, None], targets=index[valid], rows=rows, length=length)
+def span_plan(table: list[tuple[int, int, int, int, int]], rows: int, length: int, device: Any) -> Spans:
+    """The per-span masks, built on ``device``: causal, and rejected tokens blind to chosen ones."""
+    masks: list[torch.Tensor | None] = []
+    for _, _, n, prompt, chosen in table:
+        if chosen == 0 or prompt + chosen == n:  # one branch only: plain causal
+            masks.append(None)
+            continue
+        mask = torch.ones((n, n), dtype=torch.bool, device=device).tril_()
+        mask[prompt + chosen :, prompt : prompt + chosen] = False
+        masks.append(mask)
+    return Spans(table=table, masks=masks, rows=rows, length=length)
 
 
-class AnyLayer(dict):
-    """A per-layer-type mask mapping that answers every layer type with the same mask.
-
-    transformers models take a dict of prepared masks keyed by layer type and pass each entry to the
-    attention function untouched; that is how a ``Spans`` plan reaches ``attention_forward``.
-    """
-
-    def __init__(self, value: Any):
-        super().__init__()
-        self.value = value
-
-    def __missing__(self, key: str) -> Any:
-        return self.value
+def per_layer_type(model: Any, mask: Any) -> dict[str, Any]:
+    """``mask`` for every layer type of ``model``: transformers models take a dict of prepared masks keyed
+    by layer type and hand each entry to the attention function untouched (how ``Spans`` get there)."""
+    config = _config(model)
+    return dict.fromkeys(set(getattr(config, "layer_types", None) or ["full_attention"]), mask)
 
 
 def varlen_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, spans: Spans, scaling: float | None
 ) -> torch.Tensor:
-    """``[B, H, L, D]`` inputs -> ``[B, L, H, D]`` output, attention computed per span."""
+    """``[B, H, L, D]`` inputs -> ``[B, L, H, D]`` output, attention computed span by span on views of
+    the packed rows (no copies in, one concatenation out; padding gets zeros)."""
     rows, heads, length, dim = query.shape
-
-    def gather(x: torch.Tensor) -> torch.Tensor:
-        flat = x.transpose(1, 2).reshape(rows * length, x.shape[1], dim)
-        return flat[spans.index].transpose(1, 2)
-
-    out = F.scaled_dot_product_attention(
-        gather(query),
-        gather(key),
-        gather(value),
-        attn_mask=spans.mask,
-        scale=scaling,
-        enable_gqa=key.shape[1] != heads,
-    )
-    picked = out.transpose(1, 2)[spans.valid]  # [tokens, H, D]
-    full = picked.new_zeros(rows * length, heads, dim).index_copy(0, spans.targets, picked)
-    return full.view(rows, length, heads, dim)
+    gqa = key.shape[1] != heads
+    pieces: list[list[torch.Tensor]] = [[] for _ in range(rows)]
+    used = [0] * rows
+    for (r, start, n, _, _), mask in zip(spans.table, spans.masks, strict=True):
+        window = slice(start, start + n)
+        pieces[r].append(
+            F.scaled_dot_product_attention(
+                query[r : r + 1, :, window],
+                key[r : r + 1, :, window],
+                value[r : r + 1, :, window],
+                attn_mask=mask,
+                is_causal=mask is None,
+                scale=scaling,
+                enable_gqa=gqa,
+            )
+        )
+        used[r] = start + n
+    for r in range(rows):
+        if used[r] < length:
+            pieces[r].append(query.new_zeros(1, heads, length - used[r], dim))
+    out = torch.cat([torch.cat(p, dim=2) for p in pieces], dim=0)
+    return out.transpose(1, 2).contiguous()
 
 
 def attention_forward(
@@ -229,12 +225,17 @@ def _register() -> None:
     _registered = True
 
 
-def install(model: Any) -> None:
-    """Route ``model``'s attention through ``attention_forward`` (a plain HF model, peft or DeepSpeed)."""
-    _register()
-    inner = getattr(model, "module", model)  # DeepSpeed engine -> its module
+def _config(model: Any) -> Any:
+    inner = getattr(model, "module", model)  # DeepSpeed engine -> its module; peft forwards attributes
     config = getattr(inner, "config", None)
     if config is None:
         raise TypeError(f"{type(model).__name__} has no transformers config to set the attention on")
+    return config
+
+
+def install(model: Any) -> None:
+    """Route ``model``'s attention through ``attention_forward`` (a plain HF model, peft or DeepSpeed)."""
+    _register()
+    config = _config(model)
     if config._attn_implementation != IMPLEMENTATION:
         config._attn_implementation = IMPLEMENTATION

@@ -138,9 +138,9 @@ class Batch:
     segments: torch.Tensor
     """``[S, 6]`` runs of tokens: row, start, length, first position id, span, branch (0 prompt, 1 chosen,
     2 rejected)."""
-    spans: torch.Tensor
-    """``[N, 3]`` row, start, length of each span (the tokens that may see each other: one pair in the
-    shared layout, one branch in the two-sequence layout)."""
+    spans: list[tuple[int, int, int, int, int]]
+    """Row, start, length, prompt tokens, chosen tokens of each span (the tokens that may see each other:
+    one pair in the shared layout, one branch in the two-sequence layout); host ints, never moved."""
     targets: torch.Tensor
     """``[T, 4]`` per step token: row and position of the logits that predict it, the token, its slot."""
     num_pairs: int
@@ -150,7 +150,6 @@ class Batch:
     """``[2 * num_pairs]`` reference log-probs (chosen, rejected interleaved) when precomputed."""
     real_tokens: int = 0
     """Non-padding tokens the model processes for this batch."""
-    longest_span: int = 0
     logit_positions: int = 0
     """Positions whose logits the step needs (the LM head runs on these only)."""
     attended: int = 0
@@ -175,7 +174,6 @@ class Batch:
             self,
             input_ids=move(self.input_ids),
             segments=move(self.segments),
-            spans=move(self.spans),
             targets=move(self.targets),
             ref_logps=None if self.ref_logps is None else move(self.ref_logps),
             _inputs=None,
@@ -195,11 +193,9 @@ class Batch:
         if self.attention == "flex":
             mask: Any = attn.block_mask(group, branch)
         elif self.attention == "varlen":
-            mask = attn.AnyLayer(attn.span_plan(self.spans, branch, self.longest_span))
-        elif self.layout == "two_sequence":
-            mask = (
-                group >= 0
-            ).long()  # plain causal rows: a 2D padding mask lets sdpa pick its fastest kernel
+            mask = attn.span_plan(self.spans, rows, length, self.input_ids.device)
+        elif self.layout == "two_sequence":  # plain causal rows: a 2D padding mask lets sdpa pick its kernel
+            mask = (group >= 0).long()
         else:
             mask = attn.dense_mask(group, branch)
         return {
@@ -233,18 +229,22 @@ def expand_segments(
     return position_ids.view(rows, length), group.view(rows, length), branch.view(rows, length)
 
 
-def pack_rows(pairs: Sequence[TokenizedPair], pack_tokens: int) -> list[list[int]]:
-    """Group pair positions (indices into ``pairs``) into rows of at most ``pack_tokens`` shared tokens.
+def pack_rows(
+    pairs: Sequence[TokenizedPair], pack_tokens: int, pairs_per_row: int | None = None
+) -> list[list[int]]:
+    """Group pair positions (indices into ``pairs``) into rows of at most ``pack_tokens`` shared tokens
+    (and at most ``pairs_per_row`` pairs when given).
 
     First fit in the given order, so the grouping is deterministic; a pair longer than the budget gets
     a row of its own.
     """
     rows: list[list[int]] = []
     sizes: list[int] = []
+    cap = pairs_per_row or len(pairs)
     for i, pair in enumerate(pairs):
         n = pair.shared_tokens
         for r, used in enumerate(sizes):
-            if used + n <= pack_tokens:
+            if used + n <= pack_tokens and len(rows[r]) < cap:
                 rows[r].append(i)
                 sizes[r] += n
                 break
@@ -267,6 +267,7 @@ def build_batch(
     pack_tokens: int = 4096,
     pad_id: int = 0,
     attention: Attention = "sdpa",
+    pairs_per_row: int | None = None,
 ) -> Batch:
     """Lay out ``pairs`` as one model batch (see the module docstring); host tensors, index tables only."""
     if not pairs:
@@ -277,7 +278,7 @@ def build_batch(
     segments: list[
         tuple[int, int, int, int, int, int]
     ] = []  # row, start, length, first position, span, branch
-    spans: list[tuple[int, int, int]] = []  # row, start, length
+    spans: list[tuple[int, int, int, int, int]] = []  # row, start, length, prompt, chosen
     targets: list[tuple[int, int, int, int]] = []  # row, source position, token, slot
 
     attended = 0
@@ -301,10 +302,11 @@ def build_batch(
             targets.extend(
                 (row, last_prompt if j == 0 else first + j - 1, tok, slot) for j, tok in enumerate(ids)
             )
-        spans.append((row, start, len(toks) - start))
+        chosen = len(pair.chosen_ids) if 1 in branches else 0
+        spans.append((row, start, len(toks) - start, p, chosen))
 
     if layout == "shared":
-        for members in pack_rows(pairs, pack_tokens):
+        for members in pack_rows(pairs, pack_tokens, pairs_per_row):
             rows.append([])
             for k in members:
                 add_span(len(rows) - 1, k, pairs[k], (1, 2))
@@ -321,14 +323,13 @@ def build_batch(
     return Batch(
         input_ids=input_ids,
         segments=torch.tensor(segments, dtype=torch.long),
-        spans=torch.tensor(spans, dtype=torch.long),
+        spans=spans,
         targets=torch.tensor(targets, dtype=torch.long),
         num_pairs=len(pairs),
         layout=layout,
         attention=attention,
         ref_logps=_ref_tensor(pairs),
         real_tokens=sum(len(t) for t in rows),
-        longest_span=max(s[2] for s in spans),
         logit_positions=len({(t[0], t[1]) for t in targets}),
         attended=attended,
     )

@@ -25,6 +25,8 @@ def branch_logps(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """
     attn.install(model)
     inputs = batch.model_inputs()
+    if isinstance(inputs["attention_mask"], attn.Spans):
+        inputs = {**inputs, "attention_mask": attn.per_layer_type(model, inputs["attention_mask"])}
     keep = inputs["logits_to_keep"]
     out = model(**inputs, use_cache=False)
     logits = out.logits  # [num_kept, V]
