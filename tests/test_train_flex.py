@@ -101,7 +101,7 @@ def test_flex_block_mask_log_probs_and_gradients_equal_two_sequence(
 
 
 def test_flex_under_torch_compile_equals_two_sequence(model_and_pairs, two_sequence, monkeypatch):
-    """The compiled flex kernel (transformers' wrapper, as on CUDA) runs forward-only on CPU."""
+    """The compiled flex kernel (as on CUDA) runs forward-only on CPU."""
     model, pairs = model_and_pairs
     monkeypatch.setattr(attn, "FLEX_COMPILE", True)
     logps, _ = logps_and_grads(model, packed(pairs, "flex"), grad=False)

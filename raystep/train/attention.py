@@ -9,9 +9,9 @@ that rule on per-token span ids and branch codes; every kernel below applies exa
   Runs everywhere, but attention costs the square of the *row* length whatever the block structure,
   and on GPUs a dense mask rules out the fused flash kernels.
 - ``flex``: the rule as a ``torch.nn.attention.flex_attention`` ``BlockMask``: blocks no query may
-  attend to are skipped, so packing costs what the pairs cost. On CUDA it runs through transformers'
-  compiled ``flex_attention`` (fused forward and backward). torch has no flex backward on CPU (its
-  CPU kernel is forward-only), so on CPU it serves checks and no-grad passes only.
+  attend to are skipped, so packing costs what the pairs cost. On CUDA ``flex_attention`` runs compiled
+  (fused forward and backward). torch has no flex backward on CPU (its compiled CPU kernel is
+  forward-only), so on CPU it serves checks and no-grad passes only.
 - ``varlen``: ``sdpa`` span by span on views of the packed rows, each with its own small mask (or sdpa's
   causal kernel for a plain sequence): block-diagonal by construction, exact work, forward and backward
   on any device. The projections and MLP still run on the packed, padding-free rows.
@@ -34,7 +34,7 @@ IMPLEMENTATION = "raystep"
 """The name this module's attention function is registered under in transformers."""
 
 FLEX_COMPILE: bool | None = None
-"""Run flex through transformers' compiled wrapper: None = on CUDA only (eager flex elsewhere)."""
+"""Compile flex_attention (fused kernels): None = on CUDA only; eager (unfused, for checks) elsewhere."""
 
 
 def flex_available() -> bool:
@@ -175,29 +175,39 @@ def attention_forward(
             raise ValueError("varlen attention has no dropout; set the model's attention_dropout to 0")
         return varlen_attention(query, key, value, attention_mask, scaling), None
     if _is_block_mask(attention_mask):
-        compile_flex = FLEX_COMPILE if FLEX_COMPILE is not None else query.device.type == "cuda"
-        if compile_flex:
-            from transformers.integrations.flex_attention import flex_attention_forward
-
-            return flex_attention_forward(
-                module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-            )
-        from torch.nn.attention.flex_attention import flex_attention
-
-        out = flex_attention(
-            query,
-            key,
-            value,
-            block_mask=attention_mask,
-            scale=scaling,
-            enable_gqa=key.shape[1] != query.shape[1],
-        )
-        return out.transpose(1, 2).contiguous(), None
+        return flex(query, key, value, attention_mask, scaling), None
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
     )
+
+
+_compiled_flex: Any = None
+
+
+def flex(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_mask: Any, scaling: float | None
+) -> torch.Tensor:
+    """``flex_attention`` under one ``torch.compile`` for the process (fused kernels; on CPU eager unless
+    ``FLEX_COMPILE``). Grouped K/V heads are expanded when the group size is not a power of two, as
+    transformers' own flex integration does. Returns ``[B, L, H, D]``."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _compiled_flex
+    compile_it = FLEX_COMPILE if FLEX_COMPILE is not None else query.device.type == "cuda"
+    fn = flex_attention
+    if compile_it:
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention)
+        fn = _compiled_flex
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1 and groups & (groups - 1):
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+        groups = 1
+    out = fn(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=groups > 1)
+    return out.transpose(1, 2).contiguous()
 
 
 def _is_block_mask(mask: Any) -> bool:
