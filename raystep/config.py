@@ -318,6 +318,12 @@ class TrainConfig(Section):
     """Pack prefix, chosen and rejected into one sequence (same loss, fewer tokens)."""
     pack_tokens: int = Field(default=4096, ge=64)
     """Token budget of one packed row when prefix sharing is on."""
+    attention: Literal["auto", "flex", "sdpa", "varlen"] = "auto"
+    """How packed rows attend (same numbers, different cost; see ``raystep.train.attention``).
+    ``flex``: a block-sparse flex_attention ``BlockMask`` (fused kernels, CUDA; torch has no flex backward
+    on CPU). ``varlen``: sdpa pair by pair on views of the packed rows (any device). ``sdpa``: one dense
+    ``[B, 1, L, L]`` mask per row (the fallback; cost grows with the square of the row). ``auto``: flex on
+    CUDA, varlen elsewhere."""
     learning_rate: float = Field(default=5e-7, gt=0.0)
     """Peak learning rate (the paper: 5e-7)."""
     weight_decay: float = Field(default=0.0, ge=0.0)
@@ -371,6 +377,11 @@ class TrainConfig(Section):
         if self.max_prompt_length >= self.max_length:
             raise ValueError(
                 f"train.max_prompt_length ({self.max_prompt_length}) must be < train.max_length ({self.max_length})"
+            )
+        if self.attention == "flex" and not self.use_gpu:
+            raise ValueError(
+                "train.attention=flex needs train.use_gpu=true: torch has no flex_attention backward on CPU "
+                "(use auto, varlen or sdpa)"
             )
         return self
 

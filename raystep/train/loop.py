@@ -49,6 +49,7 @@ class LoopSettings:
     reference: str = "precomputed"
     prefix_sharing: bool = True
     pack_tokens: int = 4096
+    attention: str = "auto"
     learning_rate: float = 5e-7
     weight_decay: float = 0.0
     lr_scheduler: str = "cosine"
@@ -152,13 +153,13 @@ def load_policy(s: LoopSettings, dtype: torch.dtype) -> Any:
     return model
 
 
-def _all_sum(values: list[float], device: torch.device) -> list[float]:
+def _all_sum(values: torch.Tensor) -> list[float]:
+    """Sum across ranks, then the step's single device-to-host copy."""
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized():
-        dist.all_reduce(t)
-    return t.cpu().tolist()
+        dist.all_reduce(values)
+    return values.cpu().tolist()
 
 
 def _maybe_fault(s: LoopSettings, step: int, rank: int) -> None:
@@ -205,10 +206,11 @@ def train_loop(config: dict[str, Any]) -> None:
     from transformers import AutoTokenizer
 
     from raystep.train import reference as refmod
+    from raystep.train.attention import resolve
     from raystep.train.export import gather_state_dict, lora_config, save_hf_model
-    from raystep.train.metrics import StepLog, mfu, plot_metrics
+    from raystep.train.metrics import FlopCount, StepLog, flops_utilisation, plot_metrics
     from raystep.train.pairs import build_batch
-    from raystep.train.step import StepSettings, dpo_step, step_metrics
+    from raystep.train.step import StepSettings, dpo_step
 
     s = LoopSettings(**config)
     ctx = ray.train.get_context()
@@ -227,6 +229,7 @@ def train_loop(config: dict[str, Any]) -> None:
     else:
         device = torch.device("cpu")
     torch.manual_seed(s.seed)
+    attention = resolve(s.attention, device)
     dtype = torch.bfloat16 if use_bf16(s) else torch.float32
 
     _record_worker(Path(s.train_dir), rank, world)
@@ -263,8 +266,7 @@ def train_loop(config: dict[str, Any]) -> None:
         config=ds_config,
         lr_scheduler=_scheduler_factory(s, total),
     )
-    # under ZeRO-3 the weights are partitioned: DeepSpeed's ds_numel holds each full size
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
+    flop_count = FlopCount.of(engine)  # under ZeRO-3 from DeepSpeed's full sizes (ds_numel)
 
     phase("deepspeed ready")
     ref_model = None
@@ -322,6 +324,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 rank=rank,
                 world_size=world,
                 pad_id=pad_id,
+                attention=attention,
             )
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, share)
@@ -330,7 +333,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 refmod.write_reference(train_dir / "reference.parquet", s.rows, ref_table, fingerprint)
         refmod.attach(pairs, ref_table)
 
-    phase(f"reference ready, training from step {start_step}")
+    phase(f"reference ready, training from step {start_step} ({attention} attention)")
     log = StepLog(train_dir)
     if rank == 0:
         log.start(start_step, total)
@@ -343,23 +346,32 @@ def train_loop(config: dict[str, Any]) -> None:
     for step in range(start_step, total):
         _maybe_fault(s, step, rank)
         t0 = time.perf_counter()
-        sums = [0.0] * 8  # loss, chosen, rejected, margin, correct, pairs, tokens, micro-batches
+        # Metrics stay on the device until the step ends: one all-reduce and one host copy per optimizer step.
+        on_device = torch.zeros(
+            5, dtype=torch.float64, device=device
+        )  # loss, chosen, rejected, margin, correct
+        on_host = [0.0] * 5  # pairs, tokens, model FLOPs, micro-batches, padded row tokens
         for micro in plan.rank_micro_batches(step, rank):
-            batch = build_batch([pairs[i] for i in micro], layout, s.pack_tokens, pad_id).to(device)
+            batch = build_batch([pairs[i] for i in micro], layout, s.pack_tokens, pad_id, attention)
+            batch = batch.to(device)
             out = dpo_step(engine, batch, settings, ref_model)
             engine.backward(out.loss)
             engine.step()
-            m = step_metrics(out)
             n = batch.num_pairs
-            sums[0] += m["loss"] * n
-            sums[1] += float(out.chosen_rewards.sum())
-            sums[2] += float(out.rejected_rewards.sum())
-            sums[3] += float(out.margins.sum())
-            sums[4] += float((out.margins > 0).sum())
-            sums[5] += n
-            sums[6] += batch.real_tokens
-            sums[7] += 1
-        totals = _all_sum(sums, device)
+            parts = (
+                out.loss.detach() * n,
+                out.chosen_rewards.sum(),
+                out.rejected_rewards.sum(),
+                out.margins.sum(),
+                (out.margins > 0).sum(),
+            )
+            on_device += torch.stack([p.to(torch.float64) for p in parts])
+            on_host[0] += n
+            on_host[1] += batch.real_tokens
+            on_host[2] += flop_count.flops(batch.real_tokens, batch.logit_positions, batch.attended)
+            on_host[3] += 1
+            on_host[4] += batch.padded_tokens
+        totals = _all_sum(torch.cat([on_device, torch.tensor(on_host, dtype=torch.float64, device=device)]))
         seconds = time.perf_counter() - t0
         n_pairs = totals[5]
         row: dict[str, Any] = {
@@ -372,12 +384,13 @@ def train_loop(config: dict[str, Any]) -> None:
             "rewards/accuracy": totals[4] / n_pairs,
             "pairs": int(n_pairs),
             "tokens": int(totals[6]),
+            "padding": 1 - totals[6] / totals[9],
             "seconds": seconds,
             "tokens_per_s": totals[6] / seconds,
             "lr": float(engine.get_lr()[0]),
             "pairs_digest": digest(plan.step_pairs(step)),
         }
-        row["mfu"] = mfu(n_params, int(totals[6]), seconds, device_name, world) if s.use_gpu else None
+        row["mfu"] = flops_utilisation(totals[7], seconds, device_name, world) if s.use_gpu else None
         if rank == 0:
             log.log(row)
             _track(tracker, row)

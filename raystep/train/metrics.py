@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,53 @@ def train_flops(num_params: int, tokens: int, backward: bool = True) -> float:
     return (6 if backward else 2) * num_params * tokens
 
 
+@dataclass(frozen=True)
+class FlopCount:
+    """Model FLOPs of a decoder step, counted the way the step actually runs.
+
+    Per token ``2 * body`` (all weights outside the token embedding and LM head), ``2 * vocab * hidden``
+    per position that goes through the LM head (raystep and TRL project only the step tokens), and
+    ``4 * layers * heads * head_dim`` per query-key pair the attention rule allows (QK^T and AV; a causal
+    span of L tokens has L(L+1)/2 pairs; blocks a kernel computes and then masks do not count). Training
+    (forward + backward) is three times the forward.
+    """
+
+    body_params: int
+    head_params: int
+    layers: int
+    attn_dim: int
+
+    @classmethod
+    def of(cls, model: Any) -> FlopCount:
+        """From a transformers causal LM (ZeRO-3 partitioned parameters count at full size)."""
+        inner = getattr(model, "module", model)
+        cfg = inner.config
+        total = sum(getattr(p, "ds_numel", p.numel()) for p in inner.parameters())
+        head = cfg.vocab_size * cfg.hidden_size
+        embeddings = head if getattr(cfg, "tie_word_embeddings", False) else 2 * head
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return cls(total - embeddings, head, cfg.num_hidden_layers, cfg.num_attention_heads * head_dim)
+
+    def flops(self, tokens: int, logit_positions: int, attended: int, backward: bool = True) -> float:
+        forward = (
+            2 * self.body_params * tokens
+            + 2 * self.head_params * logit_positions
+            + 4 * self.layers * self.attn_dim * attended
+        )
+        return 3 * forward if backward else forward
+
+
 def mfu(num_params: int, tokens: int, seconds: float, device_name: str, num_devices: int = 1) -> float | None:
     """Model FLOPs utilisation on GPUs with a known peak; None elsewhere (CPU has no meaningful peak here)."""
+    return flops_utilisation(train_flops(num_params, tokens), seconds, device_name, num_devices)
+
+
+def flops_utilisation(flops: float, seconds: float, device_name: str, num_devices: int = 1) -> float | None:
+    """``flops / seconds`` over the devices' dense bf16 peak; None where no peak is known (CPU)."""
     peak = peak_flops(device_name)
     if peak is None or seconds <= 0:
         return None
-    return train_flops(num_params, tokens) / seconds / (peak * num_devices)
+    return flops / seconds / (peak * num_devices)
 
 
 class StepLog:

@@ -11,8 +11,9 @@ Two batch layouts give the same per-pair log-probs:
   every DPO trainer does; the prompt is processed twice).
 - ``shared``: one sequence ``[prompt | chosen | rejected]`` per pair, where rejected tokens cannot attend
   to chosen tokens and take the positions right after the prompt. Several pairs are packed per row up to
-  a token budget, block-diagonal across pairs. A 4D bool mask ``[B, 1, L, L]`` plus ``position_ids`` carry
-  the layout through stock ``sdpa`` attention.
+  a token budget, block-diagonal across pairs. ``position_ids`` plus the attention rule carry the layout
+  through a stock Hugging Face model; ``raystep.train.attention`` applies the rule as a dense ``sdpa``
+  mask, a flex ``BlockMask`` or per-span ``sdpa`` (``varlen``), so packing need not cost the square of the row.
 
 Both produce a ``Batch`` whose targets say, for every step token, which position's logits predict it and
 which pair/branch it belongs to, so one function (``raystep.train.step.branch_logps``) sums log-probs
@@ -22,12 +23,14 @@ for either layout.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 
 from raystep.steps import build_prompt
+from raystep.train import attention as attn
+from raystep.train.attention import Attention
 
 Layout = Literal["shared", "two_sequence"]
 
@@ -122,69 +125,126 @@ def tokenize_pairs(rows: Sequence[dict[str, Any]], tokenizer: Any, **kwargs: Any
 
 @dataclass
 class Batch:
-    """Model inputs plus the step-token targets of ``num_pairs`` pairs (slot 2i = chosen, 2i+1 = rejected).
+    """A micro-batch as compact host (or device) tensors; ``model_inputs`` expands it where it lives.
 
-    ``tgt_row/tgt_pos`` locate the logits that predict ``tgt_tok``; ``tgt_slot`` is the branch it adds to.
-    ``keep`` marks the positions whose logits are needed (passed as ``logits_to_keep``).
+    Only token ids and small index tables cross to the device: position ids, the attention mask (dense,
+    block-sparse or per-span, see ``raystep.train.attention``) and the logit selection are built from
+    them on the batch's own device, so no ``[B, L, L]`` mask is ever made on the host or copied.
+    Pair ``i``'s branches are slots ``2i`` (chosen) and ``2i + 1`` (rejected).
     """
 
     input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    keep: torch.Tensor
-    tgt_row: torch.Tensor
-    tgt_pos: torch.Tensor
-    tgt_tok: torch.Tensor
-    tgt_slot: torch.Tensor
+    """``[rows, length]`` token ids, right-padded."""
+    segments: torch.Tensor
+    """``[S, 6]`` runs of tokens: row, start, length, first position id, span, branch (0 prompt, 1 chosen,
+    2 rejected)."""
+    spans: list[tuple[int, int, int, int, int]]
+    """Row, start, length, prompt tokens, chosen tokens of each span (the tokens that may see each other:
+    one pair in the shared layout, one branch in the two-sequence layout); host ints, never moved."""
+    targets: torch.Tensor
+    """``[T, 4]`` per step token: row and position of the logits that predict it, the token, its slot."""
     num_pairs: int
+    layout: Layout = "shared"
+    attention: Attention = "sdpa"
     ref_logps: torch.Tensor | None = None
     """``[2 * num_pairs]`` reference log-probs (chosen, rejected interleaved) when precomputed."""
     real_tokens: int = 0
     """Non-padding tokens the model processes for this batch."""
+    logit_positions: int = 0
+    """Positions whose logits the step needs (the LM head runs on these only)."""
+    attended: int = 0
+    """Query-key pairs the attention rule allows (for FLOP counts: about L^2 / 2 per span, causal)."""
+    _inputs: dict[str, Any] | None = field(default=None, repr=False)
 
-    def to(self, device: torch.device | str) -> Batch:
-        moved = {
-            name: getattr(self, name).to(device)
-            for name in (
-                "input_ids",
-                "position_ids",
-                "attention_mask",
-                "keep",
-                "tgt_row",
-                "tgt_pos",
-                "tgt_tok",
-                "tgt_slot",
-            )
-        }
-        ref = None if self.ref_logps is None else self.ref_logps.to(device)
-        return Batch(
-            **moved,
-            num_pairs=self.num_pairs,
-            ref_logps=ref,
-            real_tokens=self.real_tokens,
+    @property
+    def padded_tokens(self) -> int:
+        return self.input_ids.numel()
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
+        """The same batch on ``device``; on CUDA the copies come from pinned memory and do not block."""
+        device = torch.device(device)
+        pin = non_blocking and device.type == "cuda"
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if t.device == device:
+                return t
+            return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
+
+        return replace(
+            self,
+            input_ids=move(self.input_ids),
+            segments=move(self.segments),
+            targets=move(self.targets),
+            ref_logps=None if self.ref_logps is None else move(self.ref_logps),
+            _inputs=None,
         )
 
-    def model_inputs(self) -> dict[str, torch.Tensor]:
+    def model_inputs(self) -> dict[str, Any]:
+        """HF ``forward`` keyword arguments, built (once) on the batch's device."""
+        if self._inputs is None:
+            self._inputs = self._build_inputs()
+        return self._inputs
+
+    def _build_inputs(self) -> dict[str, Any]:
+        rows, length = self.input_ids.shape
+        position_ids, group, branch = expand_segments(self.segments, rows, length, self.real_tokens)
+        keep = torch.zeros((rows, length), dtype=torch.bool, device=self.input_ids.device)
+        keep[self.targets[:, 0], self.targets[:, 1]] = True
+        if self.attention == "flex":
+            mask: Any = attn.block_mask(group, branch)
+        elif self.attention == "varlen":
+            mask = attn.span_plan(self.spans, rows, length, self.input_ids.device)
+        elif self.layout == "two_sequence":  # plain causal rows: a 2D padding mask lets sdpa pick its kernel
+            mask = (group >= 0).long()
+        else:
+            mask = attn.dense_mask(group, branch)
         return {
             "input_ids": self.input_ids,
-            "position_ids": self.position_ids,
-            "attention_mask": self.attention_mask,
-            "logits_to_keep": self.keep,
+            "position_ids": position_ids,
+            "attention_mask": mask,
+            "logits_to_keep": keep,
         }
 
 
-def pack_rows(pairs: Sequence[TokenizedPair], pack_tokens: int) -> list[list[int]]:
-    """Group pair positions (indices into ``pairs``) into rows of at most ``pack_tokens`` shared tokens.
+def expand_segments(
+    segments: torch.Tensor, rows: int, length: int, tokens: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token ``position_ids``, span id (-1 on padding) and branch code from the segment table.
+
+    ``tokens`` (the real token count, known on the host) sizes the expansion, so nothing waits on the device.
+    """
+    device = segments.device
+    lengths = segments[:, 2]
+    run = torch.repeat_interleave(torch.arange(len(segments), device=device), lengths, output_size=tokens)
+    starts = torch.cumsum(lengths, 0) - lengths
+    offset = torch.arange(tokens, device=device) - starts[run]
+    seg = segments[run]
+    flat = seg[:, 0] * length + seg[:, 1] + offset
+    position_ids = torch.zeros(rows * length, dtype=torch.long, device=device)
+    position_ids[flat] = seg[:, 3] + offset
+    group = torch.full((rows * length,), -1, dtype=torch.long, device=device)
+    group[flat] = seg[:, 4]
+    branch = torch.zeros(rows * length, dtype=torch.long, device=device)
+    branch[flat] = seg[:, 5]
+    return position_ids.view(rows, length), group.view(rows, length), branch.view(rows, length)
+
+
+def pack_rows(
+    pairs: Sequence[TokenizedPair], pack_tokens: int, pairs_per_row: int | None = None
+) -> list[list[int]]:
+    """Group pair positions (indices into ``pairs``) into rows of at most ``pack_tokens`` shared tokens
+    (and at most ``pairs_per_row`` pairs when given).
 
     First fit in the given order, so the grouping is deterministic; a pair longer than the budget gets
     a row of its own.
     """
     rows: list[list[int]] = []
     sizes: list[int] = []
+    cap = pairs_per_row or len(pairs)
     for i, pair in enumerate(pairs):
         n = pair.shared_tokens
         for r, used in enumerate(sizes):
-            if used + n <= pack_tokens:
+            if used + n <= pack_tokens and len(rows[r]) < cap:
                 rows[r].append(i)
                 sizes[r] += n
                 break
@@ -202,98 +262,74 @@ def _ref_tensor(pairs: Sequence[TokenizedPair]) -> torch.Tensor | None:
 
 
 def build_batch(
-    pairs: Sequence[TokenizedPair], layout: Layout = "shared", pack_tokens: int = 4096, pad_id: int = 0
+    pairs: Sequence[TokenizedPair],
+    layout: Layout = "shared",
+    pack_tokens: int = 4096,
+    pad_id: int = 0,
+    attention: Attention = "sdpa",
+    pairs_per_row: int | None = None,
 ) -> Batch:
-    """Lay out ``pairs`` as one model batch in the chosen layout (see the module docstring)."""
+    """Lay out ``pairs`` as one model batch (see the module docstring); host tensors, index tables only."""
     if not pairs:
         raise ValueError("build_batch needs at least one pair")
-    # Each segment: (pair slot base, list of (token ids, branch)) laid out in one row.
-    row_tokens: list[list[int]] = []
-    row_pos: list[list[int]] = []
-    row_group: list[list[int]] = []  # pair id per token (-1 pad) for block-diagonal masking
-    row_branch: list[list[int]] = []  # 0 prompt, 1 chosen, 2 rejected
+    if layout not in ("shared", "two_sequence"):
+        raise ValueError(f"unknown layout {layout!r}")
+    rows: list[list[int]] = []  # token ids per row
+    segments: list[
+        tuple[int, int, int, int, int, int]
+    ] = []  # row, start, length, first position, span, branch
+    spans: list[tuple[int, int, int, int, int]] = []  # row, start, length, prompt, chosen
     targets: list[tuple[int, int, int, int]] = []  # row, source position, token, slot
 
-    def add_pair(row: int, k: int, pair: TokenizedPair, branches: Sequence[int]) -> None:
-        toks, pos, grp, br = row_tokens[row], row_pos[row], row_group[row], row_branch[row]
-        start = len(toks)
-        p = len(pair.prompt_ids)
+    attended = 0
+
+    def add_span(row: int, k: int, pair: TokenizedPair, branches: Sequence[int]) -> None:
+        nonlocal attended
+        toks = rows[row]
+        span, start, p = len(spans), len(toks), len(pair.prompt_ids)
+        attended += p * (p + 1) // 2
         toks.extend(pair.prompt_ids)
-        pos.extend(range(p))
-        grp.extend([k] * p)
-        br.extend([0] * p)
+        segments.append((row, start, p, 0, span, 0))
         last_prompt = start + p - 1
         for branch in branches:
             ids = pair.chosen_ids if branch == 1 else pair.rejected_ids
-            slot = 2 * k + (branch - 1)
             first = len(toks)
             toks.extend(ids)
-            pos.extend(range(p, p + len(ids)))
-            grp.extend([k] * len(ids))
-            br.extend([branch] * len(ids))
+            attended += len(ids) * p + len(ids) * (len(ids) + 1) // 2
+            segments.append((row, first, len(ids), p, span, branch))  # both branches continue the prompt
+            slot = 2 * k + (branch - 1)
             # token j of the branch is predicted from the position before it; the first from the prompt's end
-            for j, tok in enumerate(ids):
-                targets.append((row, last_prompt if j == 0 else first + j - 1, tok, slot))
-
-    def new_row() -> int:
-        for lst in (row_tokens, row_pos, row_group, row_branch):
-            lst.append([])
-        return len(row_tokens) - 1
+            targets.extend(
+                (row, last_prompt if j == 0 else first + j - 1, tok, slot) for j, tok in enumerate(ids)
+            )
+        chosen = len(pair.chosen_ids) if 1 in branches else 0
+        spans.append((row, start, len(toks) - start, p, chosen))
 
     if layout == "shared":
-        for members in pack_rows(pairs, pack_tokens):
-            row = new_row()
+        for members in pack_rows(pairs, pack_tokens, pairs_per_row):
+            rows.append([])
             for k in members:
-                add_pair(row, k, pairs[k], (1, 2))
-    elif layout == "two_sequence":
-        for k, pair in enumerate(pairs):
-            add_pair(new_row(), k, pair, (1,))
-            add_pair(new_row(), k, pair, (2,))
+                add_span(len(rows) - 1, k, pairs[k], (1, 2))
     else:
-        raise ValueError(f"unknown layout {layout!r}")
+        for k, pair in enumerate(pairs):
+            for branch in (1, 2):
+                rows.append([])
+                add_span(len(rows) - 1, k, pair, (branch,))
 
-    n_rows = len(row_tokens)
-    length = max(len(t) for t in row_tokens)
-    input_ids = torch.full((n_rows, length), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((n_rows, length), dtype=torch.long)
-    group = torch.full((n_rows, length), -1, dtype=torch.long)
-    branch = torch.zeros((n_rows, length), dtype=torch.long)
-    for r in range(n_rows):
-        n = len(row_tokens[r])
-        input_ids[r, :n] = torch.tensor(row_tokens[r])
-        position_ids[r, :n] = torch.tensor(row_pos[r])
-        position_ids[r, n:] = torch.arange(length - n)
-        group[r, :n] = torch.tensor(row_group[r])
-        branch[r, :n] = torch.tensor(row_branch[r])
-    # two-sequence rows are plain causal sequences: a 2D padding mask lets HF pick its fastest kernel
-    mask = attention_mask_4d(group, branch) if layout == "shared" else (group >= 0).long()
-    tgt = torch.tensor(targets, dtype=torch.long)
-    keep = torch.zeros((n_rows, length), dtype=torch.bool)
-    keep[tgt[:, 0], tgt[:, 1]] = True
+    length = max(len(t) for t in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    for r, toks in enumerate(rows):
+        input_ids[r, : len(toks)] = torch.tensor(toks, dtype=torch.long)
     return Batch(
         input_ids=input_ids,
-        position_ids=position_ids,
-        attention_mask=mask,
-        keep=keep,
-        tgt_row=tgt[:, 0],
-        tgt_pos=tgt[:, 1],
-        tgt_tok=tgt[:, 2],
-        tgt_slot=tgt[:, 3],
+        segments=torch.tensor(segments, dtype=torch.long),
+        spans=spans,
+        targets=torch.tensor(targets, dtype=torch.long),
         num_pairs=len(pairs),
+        layout=layout,
+        attention=attention,
         ref_logps=_ref_tensor(pairs),
-        real_tokens=sum(len(t) for t in row_tokens),
+        real_tokens=sum(len(t) for t in rows),
+        logit_positions=len({(t[0], t[1]) for t in targets}),
+        attended=attended,
     )
-
-
-def attention_mask_4d(group: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-    """``[B, 1, L, L]`` bool mask (True = may attend): causal, within one pair, rejected blind to chosen.
-
-    Padding (group -1) attends only to itself so no softmax row is empty (sdpa would return NaN).
-    """
-    length = group.shape[1]
-    causal = torch.ones((length, length), dtype=torch.bool).tril()
-    same = (group[:, :, None] == group[:, None, :]) & (group[:, :, None] >= 0)
-    rejected_to_chosen = (branch[:, :, None] == 2) & (branch[:, None, :] == 1)
-    allowed = causal[None] & same & ~rejected_to_chosen
-    allowed |= torch.eye(length, dtype=torch.bool)[None]
-    return allowed[:, None]

@@ -7,6 +7,7 @@ resumed from a checkpoint at step ``s`` consumes exactly the pairs an uninterrup
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from dataclasses import dataclass
@@ -49,16 +50,18 @@ class TrainPlan:
                 "lower train.global_batch_size or add pairs"
             )
 
-    def epoch_order(self, epoch: int) -> list[int]:
+    @functools.lru_cache(maxsize=2)  # noqa: B019 - a plan lives as long as its run; one shuffle per epoch
+    def epoch_order(self, epoch: int) -> tuple[int, ...]:
+        """The epoch's pair order, shuffled once per epoch (every step of the epoch slices it)."""
         order = list(range(self.num_pairs))
         random.Random(self.seed * 100_003 + epoch).shuffle(order)
-        return order
+        return tuple(order)
 
     def step_pairs(self, step: int) -> list[int]:
         """Pair indices of optimizer step ``step`` (0-based), across all ranks."""
         epoch, offset = divmod(step, self.steps_per_epoch)
         start = offset * self.effective_batch_size
-        return self.epoch_order(epoch)[start : start + self.effective_batch_size]
+        return list(self.epoch_order(epoch)[start : start + self.effective_batch_size])
 
     def rank_micro_batches(self, step: int, rank: int) -> list[list[int]]:
         """The ``grad_accum`` micro-batches (pair indices) rank ``rank`` runs at ``step``."""

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from raystep.records import read_parquet, write_parquet
+from raystep.train.attention import Attention
 from raystep.train.pairs import TokenizedPair, build_batch
 from raystep.train.step import branch_logps
 
@@ -36,6 +37,7 @@ def score_pairs(
     rank: int = 0,
     world_size: int = 1,
     pad_id: int = 0,
+    attention: Attention = "sdpa",
 ) -> RefTable:
     """This rank's share of the summed branch log-probs (prefix-shared layout, the cheap one).
 
@@ -45,19 +47,23 @@ def score_pairs(
     mine = list(pairs[rank::world_size])
     per_rank = -(-len(pairs) // world_size)
     n_batches = max(1, -(-per_rank // batch_pairs))
-    out: RefTable = {}
+    scored: list[tuple[list[TokenizedPair], torch.Tensor]] = []
     for b in range(n_batches):
         chunk = mine[b * batch_pairs : (b + 1) * batch_pairs]
         dummy = not chunk
         if dummy:
             chunk = list(pairs[:1])
-        batch = build_batch(chunk, "shared", pack_tokens, pad_id).to(device)
+        batch = build_batch(chunk, "shared", pack_tokens, pad_id, attention).to(device)
         logps, _ = branch_logps(model, batch)
-        if dummy:
-            continue
-        values = logps.float().cpu().tolist()
-        for k, pair in enumerate(chunk):
-            out[pair.index] = (values[2 * k], values[2 * k + 1])
+        if not dummy:
+            scored.append((chunk, logps.float()))
+    out: RefTable = {}
+    if not scored:
+        return out
+    values = torch.cat([logps for _, logps in scored]).cpu().tolist()  # one host sync for the whole pass
+    flat = [pair for chunk, _ in scored for pair in chunk]
+    for k, pair in enumerate(flat):
+        out[pair.index] = (values[2 * k], values[2 * k + 1])
     return out
 
 

@@ -81,6 +81,7 @@ def loop_settings(config: RunConfig, rows: list[dict[str, Any]], run_dir: RunDir
         reference=t.reference,
         prefix_sharing=t.prefix_sharing,
         pack_tokens=t.pack_tokens,
+        attention=t.attention,
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
         lr_scheduler=t.lr_scheduler,

@@ -77,3 +77,39 @@ def gsm8k_pairs(
     if len(pairs) < n:
         raise ValueError(f"{path}: only {len(pairs)} pairs could be made, {n} requested")
     return pairs
+
+
+def world_pairs(n: int, seed: int = 0, min_prefix_steps: int = 2) -> list[dict[str, Any]]:
+    """``n`` Step-DPO pairs from the built-in arithmetic world, for machines without the GSM8K file.
+
+    Long chains (6 to 10 events, amounts up to 999) give a prefix of several correct steps; the branch
+    step is drawn after it, chosen is its correct body and rejected the same step from a worked solution
+    with one of the world's mistakes there (wrong result, operator or operand).
+    """
+    from raystep.synth.world import MISTAKES, WorldSpec, generate, solution, solution_with_mistake
+
+    spec = WorldSpec(min_steps=6, max_steps=10, max_operand=99, max_factor=5, max_value=999)
+    rng = random.Random(seed)
+    pairs: list[dict[str, Any]] = []
+    for problem in generate(spec, n, seed=seed):
+        good = split_steps(solution(problem))
+        k = rng.randint(min_prefix_steps + 1, len(problem.events))
+        bad = split_steps(solution_with_mistake(problem, k, rng.choice(MISTAKES), rng))
+        chosen, rejected = good.body(k), bad.body(k)
+        if chosen == rejected:  # a mistake that happens to give the same text: take an arithmetic slip
+            rejected = perturb_step(chosen, rng) or chosen + " 1"
+        pairs.append(
+            {
+                "dataset": "synth",
+                "prompt": problem.question,
+                "initial_reason_steps": good.prefix(k),
+                "chosen": chosen,
+                "rejected": rejected,
+                "full_chosen": chosen + "".join(good.steps[k:]),
+                "full_rejected": rejected + "".join(bad.steps[k:]),
+                "answer": str(problem.answer),
+                "pair_id": f"synth-{len(pairs)}",
+                "step_index": k,
+            }
+        )
+    return pairs

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from raystep.train import attention as attn
 from raystep.train.loss import LossOutput, preference_loss
 from raystep.train.pairs import Batch
 
@@ -22,20 +23,24 @@ def branch_logps(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     Only the positions that predict a step token go through the LM head (``logits_to_keep`` as a bool
     mask, flattened row-major), so the prompt's long prefix costs no vocabulary projection.
     """
-    out = model(**batch.model_inputs(), use_cache=False)
+    attn.install(model)
+    inputs = batch.model_inputs()
+    if isinstance(inputs["attention_mask"], attn.Spans):
+        inputs = {**inputs, "attention_mask": attn.per_layer_type(model, inputs["attention_mask"])}
+    keep = inputs["logits_to_keep"]
+    out = model(**inputs, use_cache=False)
     logits = out.logits  # [num_kept, V]
     if logits.dim() == 3:  # a model that ignores the bool mask: gather rows ourselves
-        logits = logits[batch.keep]
-    flat = torch.cumsum(batch.keep.flatten().long(), 0) - 1
-    src = flat[batch.tgt_row * batch.keep.shape[1] + batch.tgt_pos]
+        logits = logits[keep]
+    row, pos, tok, slot = batch.targets.unbind(1)
+    flat = torch.cumsum(keep.flatten().long(), 0) - 1
+    src = flat[row * keep.shape[1] + pos]
     logprobs = torch.log_softmax(logits[src].float(), dim=-1)
-    token_logps = logprobs.gather(-1, batch.tgt_tok[:, None]).squeeze(-1)
+    token_logps = logprobs.gather(-1, tok[:, None]).squeeze(-1)
     n = 2 * batch.num_pairs
-    sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(
-        0, batch.tgt_slot, token_logps
-    )
+    sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, slot, token_logps)
     counts = torch.zeros(n, dtype=torch.long, device=token_logps.device).index_add(
-        0, batch.tgt_slot, torch.ones_like(batch.tgt_slot)
+        0, slot, torch.ones_like(slot)
     )
     return sums, counts
 
@@ -81,14 +86,3 @@ def dpo_step(model: Any, batch: Batch, settings: StepSettings, ref_model: Any | 
         nll_weight=settings.nll_weight,
         chosen_tokens=counts[0::2],
     )
-
-
-def step_metrics(out: LossOutput) -> dict[str, float]:
-    """Loss, rewards, margin and reward accuracy of one micro-batch (means over its pairs)."""
-    return {
-        "loss": float(out.loss.detach()),
-        "rewards/chosen": float(out.chosen_rewards.mean()),
-        "rewards/rejected": float(out.rejected_rewards.mean()),
-        "rewards/margin": float(out.margins.mean()),
-        "rewards/accuracy": float((out.margins > 0).float().mean()),
-    }
