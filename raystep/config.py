@@ -134,6 +134,14 @@ class JudgeConfig(Section):
     ``cluster/rayservice-judge.yaml``): ``serve.model`` is the judge's weights, ``serve.model_id`` must equal
     ``model``, and its ``api_key_env`` names the key the server checks (the one sent: ``api_key_env``)."""
 
+    @field_validator("structured", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` as false (and ``on`` as true): take them as the modes they spell."""
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        return value
+
     @model_validator(mode="after")
     def _served_judge_matches(self) -> JudgeConfig:
         if self.serve is not None:

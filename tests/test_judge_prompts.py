@@ -234,3 +234,10 @@ def test_structured_verdicts(reply: str, expected: int, notes: dict[str, Any]) -
 def test_structured_reader_rejects_what_is_not_the_schema(reply: str) -> None:
     with pytest.raises(VerdictParseError):
         parse_structured(reply, 3)
+
+
+def test_structured_mode_off_survives_yaml() -> None:
+    from raystep.config import load_config
+
+    assert load_config(None, ["localize.judge.structured=off"]).localize.judge.structured == "off"
+    assert load_config(None, ["localize.judge.structured=on"]).localize.judge.structured == "auto"
