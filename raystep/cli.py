@@ -52,9 +52,19 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 # `raystep config` itself
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="print every key with its type, default and meaning (Markdown)",
+    )
 
 
 def main_config(args: argparse.Namespace) -> int:
+    if args.reference:
+        from raystep.config_reference import render
+
+        print(render(), end="")
+        return 0
     from raystep.config import dump_config
 
     print(dump_config(config_from_args(args)), end="")

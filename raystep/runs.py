@@ -89,7 +89,9 @@ class RunDir:
 
     def record_config(self, config: RunConfig) -> None:
         """Write the resolved config and library versions into the manifest."""
-        self.update_manifest(config=config.model_dump(mode="json"), versions=library_versions())
+        self.update_manifest(
+            run_dir=config.run_dir, config=config.model_dump(mode="json"), versions=library_versions()
+        )
 
 
 @contextlib.contextmanager
