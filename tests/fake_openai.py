@@ -51,12 +51,14 @@ def schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def schema_reply(reply: Reply, schema: dict[str, Any]) -> str:
-    """The verdict of ``reply`` as JSON in the request's schema, validated against it."""
+    """The verdict of ``reply`` as JSON in the request's schema, validated against it: every step the
+    schema names gets a label (after the first wrong step the judge's labels no longer count: incorrect)."""
     import jsonschema
 
-    labels = reply.labels
+    keys = list(schema["properties"]["steps"]["properties"])
+    labels = reply.labels + ["incorrect"] * (len(keys) - len(reply.labels))
     first = next((k for k, lab in enumerate(labels, 1) if lab != "correct"), 0)
-    full = {"analysis": str(reply), "steps": labels, "first_wrong_step": first}
+    full = {"analysis": str(reply), "steps": dict(zip(keys, labels, strict=False)), "first_wrong_step": first}
     obj = {k: v for k, v in full.items() if k in schema.get("properties", {})}
     jsonschema.validate(obj, schema)
     return json.dumps(obj)

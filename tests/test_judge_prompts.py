@@ -28,6 +28,8 @@ from raystep.stages.localizers.verdicts import (
     parse_final_decision,
     parse_structured,
     read_verdict,
+    response_format,
+    verdict_schema,
 )
 from raystep.steps import STEP_PRIMER, split_steps
 
@@ -202,23 +204,37 @@ def test_final_decision_needs_its_marker_and_labels() -> None:
 @pytest.mark.parametrize(
     ("reply", "expected", "notes"),
     [
-        ('{"analysis": "x", "steps": ["correct", "neutral"], "first_wrong_step": 2}', 2, {}),
-        ('{"steps": ["correct", "correct", "correct"], "first_wrong_step": 0}', 0, {}),
-        # stopped labelling early, then named a later step: the stated step fills in
-        ('{"steps": ["correct"], "first_wrong_step": 3}', 3, {}),
-        # the labels decide when they name a wrong step; the disagreement is kept
-        ('{"steps": ["correct", "incorrect"], "first_wrong_step": 1}', 2, {"stated_first_wrong_step": 1}),
-        # noise from a tiny model: parses, names nothing in range
         (
-            '{"analysis": "zz", "steps": [], "first_wrong_step": 123456}',
-            0,
-            {"stated_first_wrong_step": 123456},
+            '{"analysis": "x", "steps": {"step_1": "correct", "step_2": "neutral", "step_3": "incorrect"}, '
+            '"first_wrong_step": 2}',
+            2,
+            {},
         ),
+        (
+            '{"steps": {"step_1": "correct", "step_2": "correct", "step_3": "correct"}, "first_wrong_step": 0}',
+            0,
+            {},
+        ),
+        # the labels decide; a stated step that disagrees is kept
+        (
+            '{"steps": {"step_1": "correct", "step_2": "incorrect", "step_3": "correct"}, "first_wrong_step": 1}',
+            2,
+            {"stated_first_wrong_step": 1},
+        ),
+        (
+            '{"steps": {"step_1": "correct", "step_2": "correct", "step_3": "correct"}, "first_wrong_step": 3}',
+            0,
+            {"stated_first_wrong_step": 3},
+        ),
+        # a list of labels that stops early, then names a later step: the stated step fills in
+        ('{"steps": ["correct"], "first_wrong_step": 3}', 3, {}),
+        ('{"steps": ["correct", "neutral"], "first_wrong_step": 2}', 2, {}),
     ],
 )
 def test_structured_verdicts(reply: str, expected: int, notes: dict[str, Any]) -> None:
     verdict = parse_structured(reply, 3)
     assert verdict.first_wrong == expected and verdict.notes == notes and verdict.parsed_by == "schema"
+    assert max(verdict.labels, default=0) <= (expected or 3)  # nothing after the first wrong step
 
 
 @pytest.mark.parametrize(
@@ -226,7 +242,8 @@ def test_structured_verdicts(reply: str, expected: int, notes: dict[str, Any]) -
     [
         "Step 1: correct",
         '{"steps": ["correct", "maybe"], "first_wrong_step": 0}',
-        '{"steps": ["correct"], "first_wrong_step": "2"}',
+        '{"steps": {"step_1": "correct"}, "first_wrong_step": "2"}',
+        '{"steps": {"first": "correct"}, "first_wrong_step": 0}',
         '["correct"]',
         '{"steps": ["corr',
     ],
@@ -234,6 +251,29 @@ def test_structured_verdicts(reply: str, expected: int, notes: dict[str, Any]) -
 def test_structured_reader_rejects_what_is_not_the_schema(reply: str) -> None:
     with pytest.raises(VerdictParseError):
         parse_structured(reply, 3)
+
+
+def test_verdict_schema_is_finite_and_inside_the_strict_subset() -> None:
+    """Every object closed and fully required, enums instead of free lists and numbers: a reply under it
+    always ends, and OpenAI's strict mode accepts it."""
+    import jsonschema
+
+    schema = verdict_schema(3)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["required"] == ["analysis", "steps", "first_wrong_step"]
+    steps = schema["properties"]["steps"]
+    assert steps["required"] == ["step_1", "step_2", "step_3"] and steps["additionalProperties"] is False
+    assert schema["properties"]["first_wrong_step"]["enum"] == [0, 1, 2, 3]
+    words = json.dumps(schema)
+    for unsupported in ("maxLength", "minLength", "maxItems", "minItems", "maximum", "minimum", "pattern"):
+        assert unsupported not in words
+    assert "analysis" not in verdict_schema(3, analysis=False)["properties"]
+    fmt = response_format(2)
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    good = {"analysis": "", "steps": {"step_1": "correct", "step_2": "incorrect"}, "first_wrong_step": 2}
+    jsonschema.validate(good, fmt["json_schema"]["schema"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**good, "first_wrong_step": 7}, fmt["json_schema"]["schema"])
 
 
 def test_structured_mode_off_survives_yaml() -> None:

@@ -651,7 +651,7 @@ def test_stepdpo_judge_sends_the_papers_message_and_reads_its_decision(tmp_path)
     for row, res in zip(rows, out, strict=True):
         assert res["error"] is None
         assert res["first_wrong_step"] == int(re.search(r"first-wrong=(\d+)", row["question"]).group(1))
-    sent = server.log[0]["text"]
+    (sent,) = [r["text"] for r in server.log if "[row-00]" in r["text"]]
     assert (
         sent.startswith("### Problem:\n[row-00]")
         and "### Correct solution:\nReference worked solution 0.\n" in sent

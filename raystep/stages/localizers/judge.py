@@ -218,7 +218,7 @@ class JudgeLocalizer:
             "max_tokens": self.config.max_tokens,
         }
         if structured:
-            body["response_format"] = response_format(self.config.analysis)
+            body["response_format"] = response_format(len(list(row["steps"])), self.config.analysis)
         return body
 
     def _call(self, body: dict[str, Any]) -> tuple[str, dict[str, int]]:

@@ -11,7 +11,7 @@ carry as ``solution``.
 ``Step k: label - reason`` line per step. It needs no reference solution (ProcessBench rows have none).
 
 A structured request (``localize.judge.structured``) leaves these texts as they are and adds a system
-message that maps the requested decisions onto the JSON fields of ``verdicts.VERDICT_SCHEMA``.
+message that maps the requested decisions onto the JSON fields of ``verdicts.verdict_schema``.
 """
 
 from __future__ import annotations
@@ -69,14 +69,15 @@ If every step is correct, end with "All steps are correct."
 
 STRUCTURED_INSTRUCTION = (
     'Reply with one JSON object. Put your step-by-step analysis in "analysis", the decision for each '
-    'step ("correct", "neutral" or "incorrect"), in order and ending at the first incorrect step, in '
-    '"steps", and the number of the first step you judged neutral or incorrect in "first_wrong_step" '
-    "(0 if every step is correct)."
+    'step ("correct", "neutral" or "incorrect") under its key in "steps" ("step_1", "step_2", ...; only '
+    "the steps up to the first one you judge neutral or incorrect count), and the number of that first "
+    'step in "first_wrong_step" (0 if every step is correct).'
 )
 STRUCTURED_INSTRUCTION_LABELS_ONLY = (
-    'Reply with one JSON object: the decision for each step ("correct", "neutral" or "incorrect"), in '
-    'order and ending at the first incorrect step, in "steps", and the number of the first step you '
-    'judged neutral or incorrect in "first_wrong_step" (0 if every step is correct).'
+    'Reply with one JSON object: the decision for each step ("correct", "neutral" or "incorrect") under '
+    'its key in "steps" ("step_1", "step_2", ...; only the steps up to the first one you judge neutral or '
+    'incorrect count), and the number of that first step in "first_wrong_step" (0 if every step is '
+    "correct)."
 )
 
 

@@ -2,7 +2,7 @@
 
 Three readers, tried in this order by :func:`read_verdict`:
 
-- ``schema``: the JSON object of :data:`VERDICT_SCHEMA`, what a structured-output request returns
+- ``schema``: the JSON object of :func:`verdict_schema`, what a structured-output request returns
   (OpenAI ``response_format: json_schema``; vLLM behind ``ray.serve.llm`` decodes under the same schema).
   Every reply of a server that enforces the schema parses, whatever the model thinks.
 - ``final_decision``: the paper's format, ``Final Decision:\\nStep 1: correct; Step 2: neutral; ...``
@@ -51,70 +51,95 @@ def _first_wrong(labels: dict[int, str]) -> int:
 
 # --- structured outputs ------------------------------------------------------------------------------
 
-VERDICT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "analysis": {
-            "type": "string",
-            "description": "A short step-by-step analysis of the answer (no more than 200 words).",
-        },
-        "steps": {
-            "type": "array",
-            "description": "The decision for each step, in order, ending at the first incorrect step.",
-            "items": {"type": "string", "enum": list(LABELS)},
-        },
-        "first_wrong_step": {
-            "type": "integer",
-            "description": "The number of the first step judged neutral or incorrect; 0 if all are correct.",
-        },
-    },
-    "required": ["analysis", "steps", "first_wrong_step"],
-    "additionalProperties": False,
-}
-"""The verdict as JSON. It stays inside the subset every structured-output server accepts (OpenAI's
-strict mode: every field required, no extra keys, no length or numeric bounds; vLLM's guided decoding
-takes any of it), so one schema serves GPT-4o and an open judge on ``ray.serve.llm``."""
-
-LABELS_ONLY_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {k: v for k, v in VERDICT_SCHEMA["properties"].items() if k != "analysis"},
-    "required": ["steps", "first_wrong_step"],
-    "additionalProperties": False,
-}
-"""The same verdict without the analysis: the shortest reply (``localize.judge.analysis: false``)."""
-
 SCHEMA_NAME = "step_verdicts"
 
 
-def response_format(analysis: bool = True) -> dict[str, Any]:
-    """The ``response_format`` of a structured-output chat request."""
+def step_key(k: int) -> str:
+    return f"step_{k}"
+
+
+def verdict_schema(num_steps: int, analysis: bool = True) -> dict[str, Any]:
+    """The verdict of one solution as JSON: an optional analysis, a label per step, the first wrong step.
+
+    The steps are fixed keys (``step_1`` .. ``step_S``) and the first wrong step an enum of ``0..S``, so a
+    reply under this schema is finite whatever the model does (a free list or integer lets a weak model
+    loop until ``max_tokens`` cuts the JSON off). It stays inside the subset every structured-output
+    server takes (OpenAI's strict mode: every field required, no extra keys, enums, no length or numeric
+    bounds; vLLM's guided decoding takes any of it). Only ``analysis`` is free text: a capable judge
+    writes the paper's short analysis there first; ``localize.judge.analysis: false`` drops it.
+    """
+    label = {"type": "string", "enum": list(LABELS)}
+    steps = {
+        "type": "object",
+        "description": "The decision for each step; only the steps up to the first neutral or incorrect one count.",
+        "properties": {step_key(k): label for k in range(1, num_steps + 1)},
+        "required": [step_key(k) for k in range(1, num_steps + 1)],
+        "additionalProperties": False,
+    }
+    first = {
+        "type": "integer",
+        "enum": list(range(num_steps + 1)),
+        "description": "The number of the first step judged neutral or incorrect; 0 if all are correct.",
+    }
+    properties: dict[str, Any] = {}
+    if analysis:
+        properties["analysis"] = {
+            "type": "string",
+            "description": "A short step-by-step analysis of the answer (no more than 200 words).",
+        }
+    properties.update(steps=steps, first_wrong_step=first)
     return {
-        "type": "json_schema",
-        "json_schema": {
-            "name": SCHEMA_NAME,
-            "strict": True,
-            "schema": VERDICT_SCHEMA if analysis else LABELS_ONLY_SCHEMA,
-        },
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
     }
 
 
+def response_format(num_steps: int, analysis: bool = True) -> dict[str, Any]:
+    """The ``response_format`` of a structured-output chat request for a solution of ``num_steps`` steps."""
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": SCHEMA_NAME, "strict": True, "schema": verdict_schema(num_steps, analysis)},
+    }
+
+
+def _schema_labels(steps: Any, num_steps: int) -> dict[int, str] | None:
+    """Labels from the schema's ``steps`` (``{"step_k": label}``; a plain list is read too)."""
+    if isinstance(steps, list):
+        items = list(enumerate(steps, start=1))
+    elif isinstance(steps, dict):
+        items = []
+        for key, value in steps.items():
+            m = re.fullmatch(r"step_(\d+)", str(key))
+            if not m:
+                return None
+            items.append((int(m.group(1)), value))
+    else:
+        return None
+    if any(label not in LABELS for _, label in items):
+        return None
+    return {k: str(label) for k, label in sorted(items) if 1 <= k <= num_steps}
+
+
 def parse_structured(text: str, num_steps: int) -> Verdict:
-    """A schema reply. The label list decides; the stated first wrong step only fills in when the list
-    names no wrong step (a judge that stopped labelling early), and a disagreement is kept in ``notes``."""
+    """A schema reply. The labels decide (up to the first wrong one); the stated first wrong step only fills
+    in when they name no wrong step and stop short of it, and a disagreement is kept in ``notes``."""
     try:
         obj = json.loads(text, strict=False)  # a raw control character inside a string is still JSON to us
     except (json.JSONDecodeError, TypeError, ValueError) as exc:
         raise VerdictParseError(f"not schema JSON: {str(text)[:120]!r}") from exc
     if not isinstance(obj, dict):
         raise VerdictParseError(f"not a JSON object: {str(text)[:120]!r}")
-    steps, stated = obj.get("steps"), obj.get("first_wrong_step")
-    if not isinstance(steps, list) or any(s not in LABELS for s in steps):
-        raise VerdictParseError(f"'steps' is not a list of {'/'.join(LABELS)}: {str(text)[:120]!r}")
+    labels, stated = _schema_labels(obj.get("steps"), num_steps), obj.get("first_wrong_step")
+    if labels is None:
+        raise VerdictParseError(f"'steps' does not label steps {'/'.join(LABELS)}: {str(text)[:120]!r}")
     if isinstance(stated, bool) or not isinstance(stated, int):
         raise VerdictParseError(f"'first_wrong_step' is not an integer: {str(text)[:120]!r}")
-    labels = {k: str(label) for k, label in enumerate(steps[:num_steps], start=1)}
     first = _first_wrong(labels)
-    if not first and 1 <= stated <= num_steps and stated > len(labels):
+    if first:  # the judge stops at the first wrong step: labels after it do not count
+        labels = {k: v for k, v in labels.items() if k <= first}
+    elif 1 <= stated <= num_steps and stated > max(labels, default=0):
         first = stated
         labels[stated] = "incorrect"
     notes = {} if stated == first else {"stated_first_wrong_step": stated}
