@@ -36,16 +36,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def judge_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
-    """A tiny Qwen2 vLLM's CPU attention takes: hidden 64 over 2 heads (head size 32, not 16)."""
-    from raystep.tiny import build_tiny_model, gsm8k_texts
-
-    out = tmp_path_factory.mktemp("tiny-judge")
-    texts = gsm8k_texts(shared_data / "gsm8k" / "train.jsonl", limit=2000)
-    return build_tiny_model(out, texts, num_heads=2, num_kv_heads=1)
-
-
 def world_samples(config: Any) -> list[dict[str, Any]]:
     """Wrong world solutions shaped as collect writes them (each with its problem's reference solution)."""
     from raystep.stages.localize_bench import world_rows
@@ -65,7 +55,8 @@ def world_samples(config: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def test_open_judge_served_by_vllm_localizes_and_rectify_follows(tmp_path, judge_model, monkeypatch) -> None:
+def test_open_judge_served_by_vllm_localizes_and_rectify_follows(tmp_path, tiny_model, monkeypatch) -> None:
+    judge_model = tiny_model  # two heads of 32: vLLM's CPU attention takes it
     import openai
     import ray
 
