@@ -656,3 +656,60 @@ def test_stepdpo_judge_sends_the_papers_message_and_reads_its_decision(tmp_path)
         sent.startswith("### Problem:\n[row-00]")
         and "### Correct solution:\nReference worked solution 0.\n" in sent
     )
+
+
+def test_verify_pairs_gives_the_paper_judge_the_reference_solution_from_the_run(tmp_path) -> None:
+    """Pairs carry no reference solution; the stepdpo judge gets it from the run's problems/."""
+    from checkers import sum_checker
+
+    from raystep.config import load_config
+    from raystep.records import write_parquet
+    from raystep.stages.localizers.chosen import verify_pairs
+
+    def responder(body: dict[str, Any]) -> str:
+        text = last_user_text(body)
+        assert "### Correct solution:\n1 + 1 = 2, 2 + 2 = 4, 4 + 3 = 7.\n" in text
+        answer = text.split("### Incorrect answer:\n")[1].split("\n\n---")[0]
+        steps = re.findall(r"^Step \d+:(.*)$", answer, re.M)
+        return verdict_reply(sum_checker("", steps), len(steps), "final")
+
+    with FakeOpenAI(responder) as server:
+        config = load_config(
+            None,
+            [
+                f"storage.root={tmp_path}",
+                "localize.methods=[judge]",
+                "localize.judge.prompt=stepdpo",
+                "localize.judge.structured=off",
+                f"localize.judge.base_url={server.url}",
+                "localize.judge.requests_per_second=500",
+            ],
+        )
+        problem = {
+            "id": "p0",
+            "dataset": "sums",
+            "question": "q",
+            "answer": "7",
+            "solution": "1 + 1 = 2, 2 + 2 = 4, 4 + 3 = 7.",
+        }
+        write_parquet(tmp_path / config.name / "problems" / "part-00000.parquet", [problem])
+        prefix = "Let's think step by step.\nStep 1: 1 + 1 = 2\nStep 2:"
+        pairs = [
+            {
+                "prompt": "q",
+                "answer": "7",
+                "step_index": 2,
+                "problem_id": "p0",
+                "initial_reason_steps": prefix,
+            }
+            | {
+                "chosen": c,
+                "rejected": " 2 + 2 = 5\n",
+                "full_chosen": c + "Step 3: 4 + 3 = 7\n",
+                "pair_id": n,
+            }
+            for n, c in (("good", " 2 + 2 = 4\n"), ("lucky", " 2 + 3 = 4\n"))
+        ]
+        kept, removed, errors = verify_pairs(pairs, config)
+        assert server.num_requests == 2 and errors == 0
+        assert removed == 1 and [p["pair_id"] for p in kept] == ["good"]
