@@ -427,3 +427,23 @@ def test_localize_stage_counts_unreadable_verdicts_and_needs_solutions_for_the_p
                 assert stats["judge"]["unparsed_rows"] == len(vague) == stats["errors"]
                 assert all("VerdictParseError" in rows[s]["error"] for s in vague)
                 assert stats["judge"]["parsed_by_text"] == len(truth) - len(vague)
+
+
+def test_localize_bench_on_a_runs_samples_reports_agreement_without_labels(tmp_path, capsys) -> None:
+    """Outside the arithmetic world a run's samples have no labels: the localizers are only compared."""
+    samples, truth = make_samples(3)
+    folder = tmp_path / "samples"
+    write_samples(tmp_path, samples)
+    out = tmp_path / "bench"
+    code = cli_main(
+        ["localize-bench", "--samples", str(folder), "--out", str(out)]
+        + ["--set", "localize.methods=[verifier]", "--set", f"localize.verifier={LOCAL_CHECKER}"]
+    )
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    usable = [s for s in samples if not s.get("error")]
+    assert report["labels"] == "none" and report["n"] == len(usable) and report["errors"] == 0
+    assert report["agreement"] == {"names": ["verifier"], "rate": [[1.0]], "both_labelled": [[len(usable)]]}
+    preds = {p["sample_id"]: p["pred"] for p in read_jsonl(out / "predictions.jsonl")}
+    assert {s: preds[s] + 1 for s in truth} == truth  # the checker's steps, for every wrong sample
+    assert "acc on wrong" not in capsys.readouterr().out
