@@ -127,11 +127,57 @@ class DataConfig(Section):
     """The arithmetic world's knobs, read only when ``source`` is ``synth``."""
 
 
+class EngineConfig(Section):
+    """How vLLM engines are placed and sized: shared by sampling (``ray.data.llm``), rollouts and serving
+    (``ray.serve.llm``), so one model is loaded the same way in every stage, on CPU or GPU."""
+
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """``auto``: ``cuda`` when the Ray cluster has GPUs, else ``cpu`` (vLLM's CPU build, ``raystep[cpu]``)."""
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    """GPUs per engine replica (tensor parallelism); 1 on CPU."""
+    max_model_len: int | None = Field(default=None, ge=16)
+    """Context length of the engine; empty: the model's own."""
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    """Share of each GPU's memory vLLM may take (weights + KV cache)."""
+    cpu_kv_cache_gib: int = Field(default=2, ge=1)
+    """KV-cache size of one CPU engine in GiB (``VLLM_CPU_KVCACHE_SPACE``)."""
+    cpus_per_replica: float = Field(default=1.0, gt=0.0)
+    """CPUs reserved by one engine replica on CPU (one per bundle on GPU)."""
+    enforce_eager: bool | None = None
+    """Skip CUDA-graph capture; empty: eager on CPU (no graphs there), graphs on GPU."""
+    enable_prefix_caching: bool = True
+    """Share the KV cache of common prefixes: the N samples of one prompt, the rollouts of one prefix."""
+    accelerator_type: str | None = None
+    """Ray accelerator type to schedule on (``H100``, ``A100``...); empty: any GPU."""
+    vllm_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Any other vLLM engine argument, passed as is (it wins over the keys above)."""
+
+
+class EndpointConfig(Section):
+    """An OpenAI-compatible completions endpoint to sample from (``sampling.engine: endpoint``): a policy
+    served with ``raystep serve`` (``ray.serve.llm``), so every stage shares one engine, or any vLLM server."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """The endpoint's base URL (ending in ``/v1``)."""
+    model: str = "raystep"
+    """The model name the endpoint serves."""
+    api_key_env: str = "RAYSTEP_API_KEY"
+    """Name of the environment variable holding the endpoint's key (empty variable: no key sent)."""
+    concurrency: int = Field(default=32, ge=1)
+    """Requests in flight from each sampling replica."""
+    max_retries: int = Field(default=5, ge=0)
+    """Retries of a failed request before its row keeps the error."""
+    timeout_s: float = Field(default=600.0, gt=0.0)
+    """Timeout of one request."""
+
+
 class SamplingConfig(Section):
     """Generation of solutions (collect) and the engine that runs it."""
 
-    engine: Literal["hf", "vllm"] = "hf"
-    """``hf`` (transformers actors, CPU or GPU) or ``vllm`` (``ray.data.llm``, GPU)."""
+    engine: Literal["vllm", "endpoint", "hf"] = "vllm"
+    """``vllm`` (``ray.data.llm``'s vLLM processor, CPU or GPU, placed by the ``engine`` section),
+    ``endpoint`` (requests to an already served policy, ``sampling.endpoint``) or ``hf`` (a small
+    ``transformers`` fallback for machines without vLLM)."""
     n: int = Field(default=8, ge=1)
     """Solutions sampled per problem."""
     temperature: float = Field(default=0.8, ge=0.0, le=5.0)
@@ -148,18 +194,10 @@ class SamplingConfig(Section):
     """Rows per engine call (Ray Data batch size)."""
     concurrency: int = Field(default=1, ge=1)
     """Engine replicas (Ray Data actors)."""
-    num_gpus_per_replica: float = Field(default=0.0, ge=0.0)
-    """GPUs per engine replica (0 on CPU)."""
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    """vLLM tensor parallelism per replica."""
-    max_model_len: int | None = Field(default=None, ge=1)
-    """vLLM context length; empty: the model's."""
-    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
-    """Fraction of GPU memory vLLM may take."""
-    enable_prefix_caching: bool = True
-    """vLLM prefix caching (samples of one problem share the prompt)."""
     shard_size: int = Field(default=256, ge=1)
     """Problems per output shard: the unit of resume."""
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
+    """The served policy ``sampling.engine: endpoint`` sends its requests to."""
 
 
 class JudgeConfig(Section):
@@ -384,8 +422,6 @@ class TrainConfig(Section):
 class ServeConfig(Section):
     """Hosting a model behind OpenAI-compatible routes."""
 
-    engine: Literal["hf", "vllm"] = "hf"
-    """``hf`` (raystep's CPU app) or ``vllm`` (``ray.serve.llm``)."""
     model: ModelRef | None = None
     """The model folder or bucket URI to serve; empty: this run's exported ``model/``."""
     model_id: str = "raystep"
@@ -408,22 +444,6 @@ class ServeConfig(Section):
     """Requests one replica handles at once."""
     max_queued_requests: int = Field(default=-1, ge=-1)
     """Requests waiting for a replica beyond which Serve answers 503 at once (-1: no limit)."""
-    num_cpus_per_replica: float = Field(default=1.0, ge=0.0)
-    """CPU app only: CPUs reserved by each replica (torch uses that many threads)."""
-    max_batch_size: int = Field(default=8, ge=1)
-    """Requests batched into one generate call."""
-    batch_wait_timeout_s: float = Field(default=0.02, ge=0.0)
-    """How long a batch waits to fill."""
-    max_tokens_cap: int = Field(default=2048, ge=1)
-    """Upper bound on a request's max_tokens."""
-    max_context: int | None = Field(default=None, ge=1)
-    """Longest prompt + completion accepted; empty: the model's."""
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    """vLLM tensor parallelism per replica."""
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Extra vLLM engine arguments."""
-    accelerator_type: str | None = None
-    """Ray accelerator type to schedule on (e.g. ``H100``)."""
 
 
 class EvalConfig(Section):
@@ -473,6 +493,7 @@ class RunConfig(Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     localize: LocalizeConfig = Field(default_factory=LocalizeConfig)
     rectify: RectifyConfig = Field(default_factory=RectifyConfig)

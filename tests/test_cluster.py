@@ -119,7 +119,8 @@ def test_rayservice_serve_config_equals_raystep_serve_emit(tmp_path):
     embedded = yaml.safe_load(doc["spec"]["serveConfigV2"])
     overrides = SERVE_OVERRIDES
     assert embedded["applications"][0]["args"]["ingress_cls_config"]["ingress_extra_kwargs"] == {
-        "api_key_env": "RAYSTEP_API_KEY"
+        "api_key_env": "RAYSTEP_API_KEY",
+        "require_key": True,
     }, "a pod-network bind must check the API key"
     emitted = tmp_path / "serve.yaml"
     out = subprocess.run(
@@ -128,8 +129,6 @@ def test_rayservice_serve_config_equals_raystep_serve_emit(tmp_path):
             "-m",
             "raystep.cli",
             "serve",
-            "--engine",
-            "vllm",
             "--config",
             CONFIG_7B,
             "--set",

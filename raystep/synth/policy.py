@@ -44,7 +44,8 @@ class PolicySettings:
     """BPE vocabulary (digits always split); 0: byte-level, one token per character."""
     hidden_size: int = 64
     num_layers: int = 2
-    num_heads: int = 4
+    num_heads: int = 2
+    """Two heads of 32: vLLM's CPU attention needs a head size of at least 32."""
     intermediate_size: int = 192
     num_examples: int = 4000
     mistake_rate: float = 0.3
