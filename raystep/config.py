@@ -241,9 +241,12 @@ class JudgeConfig(Section):
     """Structured replies start with the judge's step-by-step analysis (as the paper asks); off: labels only,
     the shortest reply."""
     serve: ServeConfig | None = None
-    """An open judge model to host next to the pipeline with ``ray.serve.llm`` (rendered into
+    """An open judge model to host next to the pipeline with ``ray.serve.llm`` (``raystep serve --judge``,
     ``cluster/rayservice-judge.yaml``): ``serve.model`` is the judge's weights, ``serve.model_id`` must equal
     ``model``, and its ``api_key_env`` names the key the server checks (the one sent: ``api_key_env``)."""
+    engine: EngineConfig | None = None
+    """The served judge's vLLM engine (device, tensor parallelism, context, ``vllm_kwargs``); empty: the
+    run's ``engine`` section."""
 
     @field_validator("structured", mode="before")
     @classmethod

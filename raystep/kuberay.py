@@ -198,14 +198,14 @@ def serve_url(service_name: str, namespace: str | None = None) -> str:
 def judge_rayservice(shape: ClusterShape, config: RunConfig) -> dict[str, Any]:
     """A RayService serving the open judge of ``localize.judge.serve`` with ``ray.serve.llm``.
 
-    It is the policy's RayService built from the judge's serve section: same ``serve_config`` (vLLM
-    engine, autoscaling, and on a pod-network bind the ingress that checks the key named by
-    ``api_key_env``, read from the Secret on the node). The pipeline reaches it at :func:`serve_url`.
+    The policy's RayService built from ``raystep.serve.llm.judge_run_config`` (the judge's serve and engine
+    sections), so its ``serveConfigV2`` equals ``raystep serve --judge --emit-config``; on a pod-network
+    bind the ingress checks the key named by ``api_key_env``, read from the Secret on the node. The
+    pipeline reaches it at :func:`serve_url`.
     """
-    judge = config.localize.judge
-    if judge.serve is None:
-        raise ValueError("localize.judge.serve is empty: there is no open judge to serve in this config")
-    return rayservice(shape, config.model_copy(update={"serve": judge.serve}))
+    from raystep.serve.llm import judge_run_config
+
+    return rayservice(shape, judge_run_config(config))
 
 
 def storage_claim(shape: ClusterShape, size: str = "4Ti") -> dict[str, Any]:

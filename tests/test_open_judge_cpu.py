@@ -1,6 +1,7 @@
-"""The open-judge path on CPU, end to end: a tiny model served by vLLM through ``ray.serve.llm`` (as the
-cluster's judge RayService serves the real one), localize with the shipped open-judge config asking it
-the paper's prompt under a JSON schema, then rectify from the steps it picked.
+"""The open-judge path on CPU, end to end: the shipped open-judge config's judge served the way
+``raystep serve --judge`` serves it (``ray.serve.llm``, vLLM's CPU build; the cluster's judge RayService
+embeds the same app), with a tiny model as its weights and ``engine.device: cpu``; localize asking it the
+paper's prompt under a JSON schema; then rectify from the steps it picked.
 
 The judge's weights are random, so its verdicts are noise; the point is that every one of them parses
 (guided decoding holds the reply to the schema), that the key travels from the environment (a Secret
@@ -61,59 +62,65 @@ def test_open_judge_served_by_vllm_localizes_and_rectify_follows(tmp_path, tiny_
     import ray
 
     sys.path.insert(0, str(REPO / "jobs"))
-    import serve_judge_cpu
     from render_cluster import CONFIG_OPEN_JUDGE
 
     from raystep.config import load_config
     from raystep.records import SAMPLE_FIELDS
     from raystep.runs import RunDir
+    from raystep.serve import run as serve_run
+    from raystep.serve.llm import judge_run_config
     from raystep.stages import localize, rectify
     from raystep.stages.shards import ShardSet
 
     key = f"judge-{secrets.token_hex(8)}"  # what the Secret holds on a cluster
     monkeypatch.setenv("RAYSTEP_JUDGE_KEY", key)
-    shipped = load_config(REPO / CONFIG_OPEN_JUDGE)
-    judge = shipped.localize.judge
+    port = free_port()
+    config = load_config(
+        REPO / CONFIG_OPEN_JUDGE,
+        [
+            f"storage.root={tmp_path / 'runs'}",
+            "data.source=synth",
+            "data.split=train",
+            "data.limit=6",
+            f"model.path={judge_model}",
+            "model.dtype=float32",
+            "model.template=plain",
+            "engine.device=cpu",
+            # the judge: tiny weights on CPU, on this machine; everything else as shipped
+            f"localize.judge.serve.model={judge_model}",
+            "localize.judge.serve.host=127.0.0.1",
+            f"localize.judge.serve.port={port}",
+            "localize.judge.engine.device=cpu",
+            "localize.judge.engine.max_model_len=2048",
+            "localize.judge.engine.cpu_kv_cache_gib=1",
+            f"localize.judge.base_url=http://127.0.0.1:{port}/v1",
+            # a free-text analysis lets random weights write until max_tokens cuts the JSON off;
+            # the labels alone are finite under the schema
+            "localize.judge.analysis=false",
+            "localize.judge.max_concurrency=4",
+            "localize.judge.timeout_s=120",
+            "localize.batch_size=3",
+            "sampling.engine=hf",
+            "sampling.concurrency=1",
+            "sampling.batch_size=8",
+            "sampling.shard_size=4",
+            "rectify.n=2",
+            "rectify.max_new_tokens=8",
+        ],
+    )
+    judge = config.localize.judge
     assert judge.api_key_env == "RAYSTEP_JUDGE_KEY" and judge.structured == "json_schema"
+    assert judge.prompt == "stepdpo" and judge.model == "qwen2.5-72b-judge"
 
-    ray.shutdown()  # a Ray of our own: the judge, its ingress and the stages' actors need 6 CPUs
-    env = {
-        **RAY_INIT_KWARGS["runtime_env"]["env_vars"],
-        "RAYSTEP_JUDGE_KEY": key,
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-    }
+    ray.shutdown()  # a Ray of our own: the judge, its ingress and the stages' actors need CPUs
+    env = {**RAY_INIT_KWARGS["runtime_env"]["env_vars"], "RAYSTEP_JUDGE_KEY": key}
     ray.init(**{**RAY_INIT_KWARGS, "num_cpus": 6, "runtime_env": {"env_vars": env}})
     try:
-        url = serve_judge_cpu.start(str(judge_model), judge.model, free_port(), api_key_env=judge.api_key_env)
+        url = serve_run.start(judge_run_config(config))  # what `raystep serve --judge` runs
+        assert url == judge.base_url
         with pytest.raises(openai.AuthenticationError):  # the ingress checks the key
             openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
 
-        config = load_config(
-            REPO / CONFIG_OPEN_JUDGE,
-            [
-                f"storage.root={tmp_path / 'runs'}",
-                "data.source=synth",
-                "data.split=train",
-                "data.limit=6",
-                f"model.path={judge_model}",
-                "model.dtype=float32",
-                "model.template=plain",
-                f"localize.judge.base_url={url}",  # the only change to how localize finds the judge
-                # a free-text analysis lets random weights write until max_tokens cuts the JSON off;
-                # the labels alone are finite under the schema
-                "localize.judge.analysis=false",
-                "localize.judge.max_concurrency=4",
-                "localize.judge.timeout_s=120",
-                "localize.batch_size=3",
-                "sampling.engine=hf",
-                "sampling.num_gpus_per_replica=0",
-                "sampling.concurrency=1",
-                "sampling.batch_size=8",
-                "sampling.shard_size=4",
-                "rectify.n=2",
-                "rectify.max_new_tokens=8",
-            ],
-        )
         samples = world_samples(config)
         run_dir = RunDir.from_config(config)
         ShardSet(run_dir.stage("samples"), schema=SAMPLE_FIELDS).write(samples, [s["id"] for s in samples])
@@ -138,7 +145,5 @@ def test_open_judge_served_by_vllm_localizes_and_rectify_follows(tmp_path, tiny_
         assert done["continuations"] == labelled * config.rectify.n
         assert done["skipped"].get("no_wrong_step", 0) == len(samples) - labelled
     finally:
-        from ray import serve
-
-        serve.shutdown()
+        serve_run.shutdown()
         ray.shutdown()
