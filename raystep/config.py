@@ -227,6 +227,53 @@ class JudgeConfig(Section):
     """Where replies are cached by request hash; empty: ``<run>/localized/judge-cache``."""
     backoff_s: float = Field(default=1.0, ge=0.0)
     """First retry delay; doubles each attempt (a server's Retry-After wins)."""
+    prompt: Literal["stepdpo", "raystep"] = "raystep"
+    """``stepdpo``: the paper's judge prompt word for word (Step-DPO's ``locate_error_by_gpt4.py``): the
+    problem, the full reference solution and the wrong answer, closing with a ``Final Decision:`` line;
+    every problem row needs its reference ``solution`` (MATH, GSM8K and the arithmetic world carry one).
+    ``raystep``: the problem, the reference answer and numbered steps; works without a solution."""
+    structured: Literal["auto", "json_schema", "off"] = "auto"
+    """``json_schema``: ask for the verdict as JSON following a schema (OpenAI structured outputs; vLLM's
+    guided decoding behind ``ray.serve.llm``), so every reply parses. ``auto``: the same, and a server that
+    refuses ``response_format`` (HTTP 400/422) is asked again in free text. ``off``: free text only.
+    Free-text parsing is the fallback in every mode."""
+    analysis: bool = True
+    """Structured replies start with the judge's step-by-step analysis (as the paper asks); off: labels only,
+    the shortest reply."""
+    serve: ServeConfig | None = None
+    """An open judge model to host next to the pipeline with ``ray.serve.llm`` (``raystep serve --judge``,
+    ``cluster/rayservice-judge.yaml``): ``serve.model`` is the judge's weights, ``serve.model_id`` must equal
+    ``model``, and its ``api_key_env`` names the key the server checks (the one sent: ``api_key_env``)."""
+    engine: EngineConfig | None = None
+    """The served judge's vLLM engine (device, tensor parallelism, context, ``vllm_kwargs``); empty: the
+    run's ``engine`` section."""
+
+    @field_validator("structured", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` as false (and ``on`` as true): take them as the modes they spell."""
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        return value
+
+    @model_validator(mode="after")
+    def _served_judge_matches(self) -> JudgeConfig:
+        if self.serve is not None:
+            if not self.serve.model:
+                raise ValueError(
+                    "localize.judge.serve.model must name the judge's weights (a hub name or path)"
+                )
+            if self.serve.model_id != self.model:
+                raise ValueError(
+                    f"localize.judge.serve.model_id ({self.serve.model_id!r}) must equal localize.judge.model "
+                    f"({self.model!r}): the judge is asked for the model it serves"
+                )
+            if self.serve.api_key_env != self.api_key_env:
+                raise ValueError(
+                    f"localize.judge.serve.api_key_env ({self.serve.api_key_env!r}) must equal "
+                    f"localize.judge.api_key_env ({self.api_key_env!r}): the key sent is the key checked"
+                )
+        return self
 
 
 class RolloutConfig(Section):
@@ -480,6 +527,11 @@ class RunConfig(Section):
         """The run folder (a path or URI string)."""
         root = self.storage.root
         return f"{root.rstrip('/')}/{self.name}" if is_uri(root) else str(Path(root) / self.name)
+
+
+JudgeConfig.model_rebuild()  # ``serve`` refers to ServeConfig, defined after it
+LocalizeConfig.model_rebuild()
+RunConfig.model_rebuild()
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

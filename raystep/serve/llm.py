@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from raystep.config import RunConfig
+from raystep.config import ModelConfig, RunConfig
 from raystep.engine_args import Device, engine_env, placement_bundles, resolve_device, vllm_engine_kwargs
 
 IMPORT_PATH = "ray.serve.llm:build_openai_app"
@@ -73,6 +73,21 @@ def llm_config(config: RunConfig, device: Device | None = None) -> dict[str, Any
     if device == "cuda" and config.engine.accelerator_type:
         out["accelerator_type"] = config.engine.accelerator_type
     return out
+
+
+def judge_run_config(config: RunConfig) -> RunConfig:
+    """The run config that serves the open judge of ``localize.judge.serve``: its serve section, its engine
+    (``localize.judge.engine``, else the run's), and its weights as the model (dtype ``auto``, the
+    policy's tokenizer not inherited). ``raystep serve --judge`` and the judge's RayService use it."""
+    judge = config.localize.judge
+    if judge.serve is None:
+        raise ValueError("localize.judge.serve is empty: there is no open judge to serve in this config")
+    model = ModelConfig(
+        path=str(judge.serve.model), dtype="auto", trust_remote_code=config.model.trust_remote_code
+    )
+    return config.model_copy(
+        update={"serve": judge.serve, "engine": judge.engine or config.engine, "model": model}
+    )
 
 
 def app_args(config: RunConfig, device: Device | None = None) -> dict[str, Any]:

@@ -129,6 +129,11 @@ def shutdown() -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    parser.add_argument(
+        "--judge",
+        action="store_true",
+        help="serve the open judge of localize.judge.serve instead of the policy",
+    )
     parser.add_argument("--model", help="override serve.model: a model folder or bucket URI")
     parser.add_argument("--host", help="override serve.host (a non-loopback host needs $serve.api_key_env)")
     parser.add_argument("--port", type=int, help="override serve.port")
@@ -151,7 +156,16 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    config = _apply_flags(config_from_args(args), args)
+    config = config_from_args(args)
+    if getattr(args, "judge", False):
+        from raystep.serve.llm import judge_run_config
+
+        try:
+            config = judge_run_config(config)
+        except ValueError as exc:
+            print(f"raystep serve --judge: {exc}", file=sys.stderr)
+            return 2
+    config = _apply_flags(config, args)
     if args.emit_config:
         path = write_serve_config(config, args.emit_config)
         print(f"wrote {path}: serve deploy {path}  (or paste it as a RayService's serveConfigV2)")

@@ -106,10 +106,15 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "errors" if res.get("error") else ("labelled" if res["first_wrong_step"] else "no_wrong_step")
             ] += 1
             ev = res.get("evidence") or {}
-            if name == "judge":
+            if name.startswith("judge"):
                 judge["rows"] += 1
                 judge["cached"] += bool(ev.get("cached"))
                 judge["requests"] += int(ev.get("attempts") or 0)
+                # replies no reader understood (each one, retried or not), and rows left without a verdict
+                judge["unparsed_replies"] += int(ev.get("parse_failures") or 0)
+                judge["unparsed_rows"] += "VerdictParseError" in str(res.get("error") or "")
+                if ev.get("parsed_by"):
+                    judge[f"parsed_by_{ev['parsed_by']}"] += 1
                 for k, v in (ev.get("usage") or {}).items():
                     judge[k] += int(v or 0)
             elif name == "rollout":
@@ -124,7 +129,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "rate": round(agree / comparable, 4),
         }
     if judge:
-        stats["judge"] = dict(judge)
+        stats["judge"] = {"unparsed_replies": 0, "unparsed_rows": 0, **judge}
     if rollout:
         stats["rollout"] = dict(rollout)
     return stats
@@ -197,6 +202,11 @@ def run(config: RunConfig) -> dict[str, Any]:
         require_unique(wrong, "sample_id", f"{samples_dir}: sample_id must be unique (the unit of localize)")
         todo = [s for s in wrong if str(s["sample_id"]) not in done]
         stats.update(already_done=len(wrong) - len(todo), todo=len(todo))
+        if "judge" in loc.methods:
+            from raystep.stages.localizers import require_reference
+
+            stats.update(judge_prompt=loc.judge.prompt, judge_structured=loc.judge.structured)
+            require_reference(todo, loc.judge, f"{samples_dir}")  # the stepdpo prompt: before any request
         if todo:
             cache_dir = str(out_dir / "judge-cache")  # build_localizer prefers localize.judge.cache_dir
             rps = loc.judge.requests_per_second / loc.concurrency
