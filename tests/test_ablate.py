@@ -249,3 +249,13 @@ def test_tiny_ablation_end_to_end(tmp_path, ray_local):
     assert [r["round"] for r in report["by_round"]] == [1, 2]
     text = (folder / "ablate.md").read_text()
     assert "| Step-DPO |" in text and "Step-DPO round" in text
+
+
+def test_pipeline_rounds_need_the_train_stage():
+    from raystep.pipeline import run
+
+    cfg = load_config(None, ["data.source=synth"])
+    with pytest.raises(ValueError, match="rounds > 1 need the train stage"):
+        run(cfg, ["collect", "localize"], rounds=2)
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        run(cfg, None, rounds=0)

@@ -58,15 +58,7 @@ def ablate_overrides(quick: bool) -> list[str]:
     """The demo's settings, localized by the verifier alone (the rollouts are the demo's comparison)."""
     from raystep import demo
 
-    size = "quick" if quick else "full"
-    return [
-        *demo.demo_overrides(size, 8321),
-        f"data.synth.policy.steps={demo.SIZES[size]['warmup_steps']}",
-        "localize.methods=[verifier]",
-        "sampling.max_new_tokens=160",
-        "rectify.max_new_tokens=160",
-        "eval.max_tokens=160",
-    ]
+    return [*demo.demo_overrides("quick" if quick else "full", 8321), "localize.methods=[verifier]"]
 
 
 def round_config(base: RunConfig, root_name: str, seed: int, rnd: int, start: str) -> RunConfig:
