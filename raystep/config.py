@@ -9,35 +9,76 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
     """A run config that cannot be used; the message names the file and the key."""
 
 
-class Section(BaseModel):
-    """Base of every section: unknown keys are errors, assignments are validated."""
+def is_uri(path: str) -> bool:
+    """``s3://bucket/x``, ``gs://…``, ``file://…``: anything with a scheme is not a local path."""
+    return "://" in path
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+def _absolute(path: str) -> str:
+    """A relative local path made absolute against the working directory the config was loaded in.
+
+    Ray workers, Ray Train's controller and Serve replicas run in other working directories (and Ray
+    Train rejects a relative storage path outright), so every path a config hands on is absolute.
+    """
+    return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def _absolute_if_local(path: str) -> str:
+    """A model reference: an existing local folder becomes absolute; a hub name stays as it is."""
+    return _absolute(path) if not is_uri(path) and os.path.exists(os.path.expanduser(path)) else path
+
+
+LocalPath = Annotated[str, AfterValidator(_absolute)]
+"""A local path (made absolute when the config loads) or a URI."""
+ModelRef = Annotated[str, AfterValidator(_absolute_if_local)]
+"""A hub name, a local folder (made absolute when the config loads) or a URI."""
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors; assignments and defaults are validated."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, validate_default=True, use_attribute_docstrings=True
+    )
 
 
 class StorageConfig(Section):
     """Where the run folder lives: a local path, an NFS mount or a URI such as ``s3://bucket/runs``."""
 
-    root: str = "runs"
+    root: LocalPath = "runs"
+    """Parent folder of run folders: a local path (a relative one is resolved against the directory the
+    command runs in), a mount shared by all nodes, or a URI."""
 
 
 class ModelConfig(Section):
     """The policy model: a local folder or a hub name (loaded by the engines and the trainer)."""
 
-    path: str = "Qwen/Qwen2-7B-Instruct"
-    tokenizer: str | None = None
+    path: ModelRef = "Qwen/Qwen2-7B-Instruct"
+    """Policy model: a local folder or a hub name."""
+    tokenizer: ModelRef | None = None
+    """Tokenizer folder or hub name; empty: the model's own."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype when loading (``auto``: the checkpoint's)."""
     trust_remote_code: bool = False
+    """Allow model code from the hub (off: only built-in architectures)."""
     template: str = "qwen2-boxed"
     """Prompt template name from ``raystep.steps.TEMPLATES`` (``alpaca``, ``qwen2-boxed``, ``chat``)."""
 
@@ -52,9 +93,13 @@ class SynthPolicyConfig(Section):
     vocab_size: int = Field(default=512, ge=0)
     """BPE vocabulary (digits always split); 0: byte-level, one token per character."""
     hidden_size: int = Field(default=64, ge=32)
+    """Width of the Qwen2 model."""
     num_layers: int = Field(default=2, ge=1)
+    """Transformer layers."""
     num_heads: int = Field(default=2, ge=1)
+    """Attention heads (and key-value heads)."""
     intermediate_size: int = Field(default=192, ge=1)
+    """Width of the MLP."""
     num_examples: int = Field(default=4000, ge=1)
     """Worked solutions of the ``sft`` split the warm-up trains on."""
     slip_rate: float = Field(default=0.3, ge=0.0, le=1.0)
@@ -62,9 +107,13 @@ class SynthPolicyConfig(Section):
     slips: list[str] | None = None
     """Slip kinds drawn from (empty: the world's own; the story world's are reasoning slips only)."""
     steps: int = Field(default=1500, ge=1)
+    """Optimizer steps of the warm-up."""
     batch_size: int = Field(default=16, ge=1)
+    """Solutions per warm-up step."""
     learning_rate: float = Field(default=5e-3, gt=0.0)
+    """Peak learning rate (AdamW, linear warm-up then cosine to a tenth)."""
     warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """Share of the steps spent warming the learning rate up."""
     torch_threads: int = Field(default=1, ge=1)
     """Intra-op threads: a model this small runs fastest on one (more threads fight on a busy machine)."""
 
@@ -89,6 +138,7 @@ class SynthConfig(Section):
     mistakes are reasoning slips (``raystep.synth.story``). ``chain``: one amount and a chain of
     operations over larger numbers, whose mistakes are mostly arithmetic (``raystep.synth.world``)."""
     seed: int = 0
+    """Seed of the generated problems."""
     num_problems: int = Field(default=200, ge=1)
     """Problems per split when ``data.limit`` is empty."""
     min_steps: int | None = Field(default=None, ge=1)
@@ -97,8 +147,9 @@ class SynthConfig(Section):
     max_steps: int | None = Field(default=None, ge=1)
     """Most steps (default 3 in both worlds; a story adds one step per distractor)."""
     min_operand: int | None = Field(default=None, ge=1)
+    """Smallest operand of ``+`` / ``-`` (default 2 in both worlds)."""
     max_operand: int | None = Field(default=None, ge=1)
-    """Operands of ``+`` / ``-`` (default 2..9 in both worlds)."""
+    """Largest operand of ``+`` / ``-`` (default 9 in both worlds)."""
     max_value: int | None = Field(default=None, ge=2)
     """Every amount stays in ``1..max_value`` (default: chain 40, story 20)."""
     max_factor: int = Field(default=3, ge=2)
@@ -120,57 +171,119 @@ class DataConfig(Section):
 
     source: str = "gsm8k"
     """``gsm8k``, ``gsm8k-stepdpo``, ``math``, ``math500``, ``jsonl``, ``parquet``, ``synth`` or ``hub``."""
-    path: str | None = None
+    path: LocalPath | None = None
     """A local file; when empty the loader's default location (or the hub) is used."""
     hub_name: str | None = None
+    """Hugging Face dataset name (or a local dataset folder) read with ``datasets.load_dataset``."""
     split: str = "train"
+    """Split to read (``train``, ``test``; for synth: ``sft``, ``train``, ``test``)."""
     column_map: dict[str, str] = Field(default_factory=dict)
     """For generic files: our field name -> the file's column name."""
     limit: int | None = Field(default=None, ge=1)
+    """Use only the first N valid problems."""
     rejects: bool = False
     """Send malformed rows to ``<stage>/rejects.jsonl`` (counted) instead of failing on the first one."""
     synth: SynthConfig = Field(default_factory=SynthConfig)
     """The arithmetic world's knobs, read only when ``source`` is ``synth``."""
 
 
+class EngineConfig(Section):
+    """How vLLM engines are placed and sized: shared by sampling (``ray.data.llm``), rollouts and serving
+    (``ray.serve.llm``), so one model is loaded the same way in every stage, on CPU or GPU."""
+
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """``auto``: ``cuda`` when the Ray cluster has GPUs, else ``cpu`` (vLLM's CPU build, ``raystep[cpu]``)."""
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    """GPUs per engine replica (tensor parallelism); 1 on CPU."""
+    max_model_len: int | None = Field(default=None, ge=16)
+    """Context length of the engine; empty: the model's own."""
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    """Share of each GPU's memory vLLM may take (weights + KV cache)."""
+    cpu_kv_cache_gib: int = Field(default=2, ge=1)
+    """KV-cache size of one CPU engine in GiB (``VLLM_CPU_KVCACHE_SPACE``)."""
+    cpus_per_replica: float = Field(default=1.0, gt=0.0)
+    """CPUs reserved by one engine replica on CPU (one per bundle on GPU)."""
+    enforce_eager: bool | None = None
+    """Skip CUDA-graph capture; empty: eager on CPU (no graphs there), graphs on GPU."""
+    enable_prefix_caching: bool = True
+    """Share the KV cache of common prefixes: the N samples of one prompt, the rollouts of one prefix."""
+    accelerator_type: str | None = None
+    """Ray accelerator type to schedule on (``H100``, ``A100``...); empty: any GPU."""
+    vllm_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Any other vLLM engine argument, passed as is (it wins over the keys above)."""
+
+
+class EndpointConfig(Section):
+    """An OpenAI-compatible completions endpoint to sample from (``sampling.engine: endpoint``): a policy
+    served with ``raystep serve`` (``ray.serve.llm``), so every stage shares one engine, or any vLLM server."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """The endpoint's base URL (ending in ``/v1``)."""
+    model: str = "raystep"
+    """The model name the endpoint serves."""
+    api_key_env: str = "RAYSTEP_API_KEY"
+    """Name of the environment variable holding the endpoint's key (empty variable: no key sent)."""
+    concurrency: int = Field(default=32, ge=1)
+    """Requests in flight from each sampling replica."""
+    max_retries: int = Field(default=5, ge=0)
+    """Retries of a failed request before its row keeps the error."""
+    timeout_s: float = Field(default=600.0, gt=0.0)
+    """Timeout of one request."""
+
+
 class SamplingConfig(Section):
     """Generation of solutions (collect) and the engine that runs it."""
 
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["vllm", "endpoint", "hf"] = "vllm"
+    """``vllm`` (``ray.data.llm``'s vLLM processor, CPU or GPU, placed by the ``engine`` section),
+    ``endpoint`` (requests to an already served policy, ``sampling.endpoint``) or ``hf`` (a small
+    ``transformers`` fallback for machines without vLLM)."""
     n: int = Field(default=8, ge=1)
+    """Solutions sampled per problem."""
     temperature: float = Field(default=0.8, ge=0.0, le=5.0)
+    """Sampling temperature (the paper: 0.8)."""
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    """Nucleus sampling mass (the paper: 0.95)."""
     max_new_tokens: int = Field(default=1024, ge=1)
+    """Most tokens generated per solution."""
     stop: list[str] = Field(default_factory=list)
+    """Extra stop strings."""
     seed: int = 0
+    """Base seed; each sample's seed derives from it, so reruns reproduce."""
     batch_size: int = Field(default=16, ge=1)
     """Rows per engine call (Ray Data batch size)."""
     concurrency: int = Field(default=1, ge=1)
     """Engine replicas (Ray Data actors)."""
-    num_gpus_per_replica: float = Field(default=0.0, ge=0.0)
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    max_model_len: int | None = Field(default=None, ge=1)
-    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
-    enable_prefix_caching: bool = True
     shard_size: int = Field(default=256, ge=1)
     """Problems per output shard: the unit of resume."""
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
+    """The served policy ``sampling.engine: endpoint`` sends its requests to."""
 
 
 class JudgeConfig(Section):
     """An OpenAI-compatible chat model that labels steps (the paper used GPT-4)."""
 
     base_url: str = "https://api.openai.com/v1"
+    """OpenAI-compatible endpoint of the judge model."""
     model: str = "gpt-4o"
+    """Judge model name."""
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the key: keys never live in config files."""
     max_concurrency: int = Field(default=8, ge=1)
+    """Judge requests in flight."""
     requests_per_second: float = Field(default=5.0, gt=0.0)
+    """Judge request rate limit (all replicas together)."""
     max_retries: int = Field(default=5, ge=0)
+    """Retries of a failed judge request before the row keeps its error."""
     timeout_s: float = Field(default=60.0, gt=0.0)
+    """Timeout of one judge request."""
     temperature: float = Field(default=0.0, ge=0.0)
+    """Judge sampling temperature."""
     max_tokens: int = Field(default=2048, ge=1)
+    """Most tokens of a judge reply."""
     cache: bool = True
-    cache_dir: str | None = None
+    """Cache judge replies by request (reruns cost nothing)."""
+    cache_dir: LocalPath | None = None
     """Where replies are cached by request hash; empty: ``<run>/localized/judge-cache``."""
     backoff_s: float = Field(default=1.0, ge=0.0)
     """First retry delay; doubles each attempt (a server's Retry-After wins)."""
@@ -180,17 +293,22 @@ class RolloutConfig(Section):
     """Monte Carlo localization: success rate of continuations from each prefix."""
 
     num_rollouts: int = Field(default=8, ge=1)
+    """Continuations sampled from each prefix."""
     threshold: float = Field(default=0.0, ge=0.0, le=1.0)
     """A prefix whose success rate is <= threshold is taken as already wrong."""
     bisect: bool = True
+    """Binary search over steps (log(steps) prefixes) instead of testing every prefix."""
     temperature: float = Field(default=0.8, ge=0.0)
+    """Temperature of the continuations."""
     max_new_tokens: int = Field(default=1024, ge=1)
+    """Most tokens per continuation."""
 
 
 class LocalizeConfig(Section):
     """How the first wrong step is found."""
 
     methods: list[Literal["judge", "rollout", "verifier"]] = Field(default_factory=lambda: ["judge"])
+    """Localizers to run: ``judge``, ``rollout``, ``verifier``."""
     combine: Literal["first", "agree", "vote"] = "first"
     """``first``: the first method's label; ``agree``: keep only rows where all methods agree."""
     verifier: str = "arithmetic"
@@ -207,10 +325,15 @@ class RectifyConfig(Section):
     """Resampling step k from the correct prefix (the paper: 20 samples, keep the correct ones)."""
 
     n: int = Field(default=20, ge=1)
+    """Continuations sampled from the correct prefix (the paper: 20)."""
     temperature: float = Field(default=0.8, ge=0.0)
+    """Temperature of the continuations."""
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    """Nucleus sampling mass of the continuations."""
     max_new_tokens: int = Field(default=1024, ge=1)
+    """Most tokens per continuation."""
     max_pairs_per_sample: int = Field(default=1, ge=1)
+    """Distinct chosen steps kept per wrong sample."""
     min_success_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     """Keep a chosen step only when its own continuations reach the answer at least this often."""
     success_rollouts: int = Field(default=0, ge=0)
@@ -221,56 +344,88 @@ class RectifyConfig(Section):
 
 class LoraConfig(Section):
     enabled: bool = False
+    """Train LoRA adapters instead of all weights."""
     r: int = Field(default=16, ge=1)
+    """LoRA rank."""
     alpha: int = Field(default=32, ge=1)
+    """LoRA scaling."""
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """LoRA dropout."""
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    """Modules that get adapters."""
 
 
 class TrainConfig(Section):
     """Step-DPO training on Ray Train + DeepSpeed. Defaults follow the paper's 7B recipe."""
 
-    pairs: str | None = None
+    pairs: LocalPath | None = None
     """Pair files (JSONL/Parquet, public schema) to train on; empty: this run's ``pairs/``."""
     mode: Literal["stepdpo", "dpo", "sft"] = "stepdpo"
     """``dpo`` trains on full_chosen / full_rejected as whole responses (the ablation); ``sft`` is
     rejection-sampling fine-tuning: the per-token NLL of each pair's whole chosen solution
     (``initial_reason_steps + full_chosen``), no preference and no reference (the usual baseline)."""
     loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    """``sigmoid`` (DPO) or ``ipo``."""
     beta: float = Field(default=0.5, gt=0.0)
+    """DPO temperature (the paper: 0.5 at 7B, 0.4 at 72B)."""
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=0.5)
+    """Conservative DPO label smoothing."""
     nll_weight: float = Field(default=0.0, ge=0.0)
+    """Weight of an added NLL term on the chosen step."""
     reference: Literal["precomputed", "live"] = "precomputed"
+    """``precomputed``: reference log-probs computed once and stored; ``live``: a frozen copy in memory."""
     prefix_sharing: bool = True
+    """Pack prefix, chosen and rejected into one sequence (same loss, fewer tokens)."""
     pack_tokens: int = Field(default=4096, ge=64)
     """Token budget of one packed row when prefix sharing is on."""
     learning_rate: float = Field(default=5e-7, gt=0.0)
+    """Peak learning rate (the paper: 5e-7)."""
     weight_decay: float = Field(default=0.0, ge=0.0)
+    """AdamW weight decay."""
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate schedule after warmup."""
     warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Fraction of steps spent warming up."""
     epochs: int = Field(default=8, ge=1)
+    """Passes over the pairs."""
     max_steps: int | None = Field(default=None, ge=1)
+    """Stop after this many optimizer steps (overrides epochs)."""
     global_batch_size: int = Field(default=128, ge=1)
+    """Pairs per optimizer step over all workers (the paper: 128)."""
     micro_batch_size: int = Field(default=1, ge=1)
+    """Pairs per worker per forward pass; the rest is gradient accumulation."""
     max_length: int = Field(default=1024, ge=16)
+    """Most tokens of prompt + prefix + step."""
     max_prompt_length: int = Field(default=512, ge=8)
+    """Most tokens of prompt + prefix (truncated from the left)."""
     num_workers: int = Field(default=8, ge=1)
+    """Ray Train workers (one per GPU)."""
     use_gpu: bool = True
+    """Train on GPUs (NCCL, bf16) or CPUs (gloo, fp32)."""
     resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    """Ray resources per worker, e.g. ``{CPU: 8}``."""
     zero_stage: Literal[0, 1, 2, 3] = 3
+    """DeepSpeed ZeRO stage."""
     offload: Literal["none", "cpu"] = "none"
+    """ZeRO offload of optimizer state and parameters."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """``auto``: bf16 on GPU, fp32 on CPU."""
     gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass to save memory."""
     checkpoint_every_steps: int = Field(default=50, ge=1)
+    """Optimizer steps between checkpoints."""
     num_checkpoints_to_keep: int = Field(default=2, ge=1)
-    checkpoint_storage: str | None = None
+    """Checkpoints kept by Ray Train."""
+    checkpoint_storage: LocalPath | None = None
     """Ray Train storage for checkpoints (local path, NFS mount or ``s3://``); empty: ``<run>/train``."""
     max_failures: int = Field(default=2, ge=-1)
+    """Worker-group restarts Ray Train allows (resuming from the last checkpoint; -1: no limit)."""
     seed: int = 42
+    """Seed of shuffling and initialisation."""
     log_to: list[Literal["mlflow", "wandb"]] = Field(default_factory=list)
+    """Experiment trackers to log to."""
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
     @model_validator(mode="after")
@@ -285,64 +440,78 @@ class TrainConfig(Section):
 class ServeConfig(Section):
     """Hosting a model behind OpenAI-compatible routes."""
 
-    engine: Literal["hf", "vllm"] = "hf"
-    model: str | None = None
+    model: ModelRef | None = None
     """The model folder or bucket URI to serve; empty: this run's exported ``model/``."""
     model_id: str = "raystep"
     """The name clients pass as ``model``."""
     host: str = "127.0.0.1"
+    """Bind address (127.0.0.1 unless told otherwise; set an API key before binding wider)."""
     port: int = Field(default=8000, ge=1, le=65535)
+    """HTTP port."""
     api_key_env: str = "RAYSTEP_API_KEY"
+    """Name of the environment variable holding the key clients must send."""
     route_prefix: str = "/"
+    """Route prefix of the app."""
     num_replicas: int = Field(default=1, ge=1)
+    """Replicas when autoscaling is off."""
     min_replicas: int = Field(default=1, ge=0)
+    """Autoscaling lower bound."""
     max_replicas: int = Field(default=1, ge=1)
+    """Autoscaling upper bound."""
     max_ongoing_requests: int = Field(default=64, ge=1)
+    """Requests one replica handles at once."""
     max_queued_requests: int = Field(default=-1, ge=-1)
     """Requests waiting for a replica beyond which Serve answers 503 at once (-1: no limit)."""
-    num_cpus_per_replica: float = Field(default=1.0, ge=0.0)
-    """CPU app only: CPUs reserved by each replica (torch uses that many threads)."""
-    max_batch_size: int = Field(default=8, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.02, ge=0.0)
-    max_tokens_cap: int = Field(default=2048, ge=1)
-    max_context: int | None = Field(default=None, ge=1)
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
-    accelerator_type: str | None = None
 
 
 class EvalConfig(Section):
     """Evaluation of any OpenAI-compatible endpoint."""
 
     base_url: str = "http://127.0.0.1:8000/v1"
+    """OpenAI-compatible endpoint to evaluate."""
     model: str = "raystep"
+    """Model name sent in requests."""
     api_key_env: str = "RAYSTEP_API_KEY"
+    """Name of the environment variable holding the endpoint's key."""
     benchmarks: list[str] = Field(default_factory=lambda: ["gsm8k", "math500"])
-    data_dir: str | None = None
+    """Benchmarks: ``gsm8k``, ``gsm8k-stepdpo``, ``math500``, ``math``."""
+    data_dir: LocalPath | None = None
     """Where local benchmark files live; empty: ``$RAYSTEP_DATA`` or the hub."""
     template: str = "qwen2-boxed"
+    """Prompt template for the completions API."""
     api: Literal["completions", "chat"] = "completions"
+    """``completions`` (the template applied here) or ``chat`` (the server's chat template)."""
     temperature: float = Field(default=0.0, ge=0.0)
+    """Sampling temperature (0: greedy)."""
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
     max_tokens: int = Field(default=2048, ge=1)
+    """Most tokens per answer."""
     k: int = Field(default=1, ge=1)
     """Samples per problem; k > 1 reports maj@k and pass@k."""
     concurrency: int = Field(default=16, ge=1)
+    """Requests in flight."""
     max_retries: int = Field(default=5, ge=0)
+    """Retries of a failed request before the row keeps its error."""
     timeout_s: float = Field(default=600.0, gt=0.0)
+    """Timeout of one request."""
     limit: int | None = Field(default=None, ge=1)
+    """Use only the first N problems of each benchmark."""
     name: str | None = None
     """Folder name under ``eval/``; empty: the model name."""
     use_ray_data: bool = False
+    """Send requests from Ray Data (``HttpRequestProcessorConfig``) instead of one async client."""
 
 
 class RunConfig(Section):
     """One run: a name, where it lives, and one section per stage."""
 
     name: str = "run"
+    """Run name: the folder under ``storage.root``."""
     storage: StorageConfig = Field(default_factory=StorageConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     localize: LocalizeConfig = Field(default_factory=LocalizeConfig)
     rectify: RectifyConfig = Field(default_factory=RectifyConfig)
@@ -361,7 +530,7 @@ class RunConfig(Section):
     def run_dir(self) -> str:
         """The run folder (a path or URI string)."""
         root = self.storage.root
-        return f"{root.rstrip('/')}/{self.name}" if "://" in root else str(Path(root) / self.name)
+        return f"{root.rstrip('/')}/{self.name}" if is_uri(root) else str(Path(root) / self.name)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

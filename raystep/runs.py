@@ -79,6 +79,7 @@ class RunDir:
         with self._locked():
             data = self.read_manifest()
             data.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
+            data["run_dir"] = str(self.path)  # absolute: the config resolved it at load
             data["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             target = data.setdefault("stages", {}).setdefault(stage, {}) if stage else data
             target.update(fields)

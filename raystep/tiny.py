@@ -84,13 +84,16 @@ def build_tiny_model(
     vocab_size: int = 1024,
     hidden_size: int = 64,
     num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
+    num_heads: int = 2,
+    num_kv_heads: int = 1,
     intermediate_size: int = 128,
     max_positions: int = 2048,
     seed: int = 0,
 ) -> Path:
-    """Build and save a randomly initialised Qwen2 causal LM with its tokenizer; returns the folder."""
+    """Build and save a randomly initialised Qwen2 causal LM with its tokenizer; returns the folder.
+
+    Two heads of 32: vLLM's CPU attention rejects head sizes below 32, and every engine must load it.
+    """
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 

@@ -1,16 +1,17 @@
-"""Bearer-key checking for ``ray.serve.llm``'s OpenAI ingress (the GPU app on a non-loopback bind).
+"""Bearer-key checking for ``ray.serve.llm``'s OpenAI ingress (any non-loopback bind, or a key set).
 
 ``ray.serve.llm`` has no API-key option, and its ingress module cannot be imported without vLLM. So
-:func:`with_bearer_auth` is generic (it wraps the endpoint methods of any FastAPI ingress class and
-is tested on CPU with a plain one), and ``BearerAuthIngress`` — the class the emitted Serve config
-names in ``ingress_cls_config`` — is built from ``OpenAiIngress`` only when first looked up, on a
-node that has vLLM. The key is read from the environment on the node; only its name travels in the
-config.
+:func:`with_bearer_auth` is generic (it wraps the endpoint methods of any FastAPI ingress class), and
+``BearerAuthIngress`` — the class the Serve config names in ``ingress_cls_config`` — is built from
+``OpenAiIngress`` when first looked up, on a node that has vLLM. The key is read from the environment
+on the node; only its name travels in the config, and the ingress keeps only its hash.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import inspect
 import os
 from collections.abc import Iterable
@@ -19,9 +20,22 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from raystep.serve.protocol import APIError, check_bearer, key_digest
-
 _REQUEST_PARAM = "raystep_auth_request"
+
+
+def key_digest(key: str) -> str:
+    """What a server keeps of its API key: the hash (the key itself stays with whoever read it)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def auth_error(authorization: str | None, expected_digest: str) -> str | None:
+    """Why ``Authorization: Bearer <key>`` is refused (None when the key matches)."""
+    if not authorization:
+        return "Missing API key: send 'Authorization: Bearer <key>'."
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(key_digest(token.strip()), expected_digest):
+        return "Incorrect API key provided."
+    return None
 
 
 def _guard(method: Any) -> Any:
@@ -37,10 +51,10 @@ def _guard(method: Any) -> Any:
     @functools.wraps(method)
     async def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
         request = kwargs[request_name] if request_name else kwargs.pop(_REQUEST_PARAM)
-        try:
-            check_bearer(request.headers.get("authorization"), self._raystep_key_digest)
-        except APIError as exc:
-            return JSONResponse(exc.body(), status_code=exc.status, headers={"WWW-Authenticate": "Bearer"})
+        error = auth_error(request.headers.get("authorization"), self._raystep_key_digest)
+        if error:
+            body = {"error": {"message": error, "type": "invalid_request_error", "param": None, "code": 401}}
+            return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return await method(self, *args, **kwargs)
 
     guarded.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]

@@ -48,7 +48,7 @@ class PolicySettings:
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 2
-    """Heads of 32: vLLM's CPU backend needs ``hidden_size / num_heads >= 32``."""
+    """Two heads of 32: vLLM's CPU attention needs a head size of at least 32."""
     intermediate_size: int = 192
     num_examples: int = 4000
     slip_rate: float = 0.3

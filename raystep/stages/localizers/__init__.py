@@ -81,9 +81,16 @@ def _build_rollout(config: RunConfig, sampler: Any, grade: Any) -> Localizer:
 
     roll = config.localize.rollout
     if sampler is None and config.sampling.engine == "vllm":
-        from raystep.engines.vllm import processor_config_kwargs
+        from raystep.engine_args import engine_env, resolve_device, vllm_engine_kwargs
 
-        sampler = VLLMSampler(config.model.path, processor_config_kwargs(config)["engine_kwargs"])
+        device = resolve_device(config)
+        sampler = VLLMSampler(
+            config.model.path, vllm_engine_kwargs(config, device), env=engine_env(config, device)
+        )
+    elif sampler is None and config.sampling.engine == "endpoint":
+        from raystep.engines.endpoint import EndpointSampler
+
+        sampler = EndpointSampler(config.sampling.endpoint)
     elif sampler is None:
         sampler = HFSampler.from_path(
             config.model.path,
