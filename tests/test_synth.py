@@ -147,6 +147,7 @@ def test_load_problems_reads_the_config_section():
             "data.source=synth",
             "data.split=test",
             "data.limit=12",
+            "data.synth.world=chain",
             "data.synth.seed=7",
             "data.synth.max_steps=2",
         ],

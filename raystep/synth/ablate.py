@@ -85,25 +85,27 @@ def count_lines(path: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
 
 
-def build_pairs(data_cfg: RunConfig) -> dict[str, Any]:
-    """collect -> localize -> rectify for one seed and round, then the gold-step copy of its pairs."""
+def build_pairs(data_cfg: RunConfig, url: str | None) -> dict[str, Any]:
+    """collect -> localize -> rectify for one seed and round (sampling through the policy served at
+    ``url``, or the configured engine when None), then the gold-step copy of its pairs."""
+    from raystep import demo
     from raystep.records import read_rows, write_jsonl
     from raystep.stages import collect, localize, rectify
     from raystep.synth.gold import ood_pairs
 
-    collected = collect.run(data_cfg)
-    localize.run(data_cfg)
-    rectified = rectify.run(data_cfg)
+    sampled = demo.served_config(data_cfg, url) if url else data_cfg
+    collected = collect.run(sampled)
+    localize.run(sampled)
+    rectified = rectify.run(sampled)
     folder = RunDir.from_config(data_cfg).path / "pairs"
     own = folder / "pairs.jsonl"
     gold = folder / "gold.jsonl"
     rows = read_rows(own, kind="pair") if own.exists() else []
     write_jsonl(gold, ood_pairs(rows))
-    units = int(rectified.get("units") or 0)
     return {
         "collect_accuracy": collected["accuracy"],
         "wrong_samples": collected["wrong"],
-        "rectified_samples": units,
+        "rectified_samples": int(rectified.get("units") or 0),
         "samples_with_pairs": int(rectified.get("samples_with_pairs") or 0),
         "rectify_right_rate": (
             rectified["continuations_correct"] / rectified["continuations"]
@@ -116,16 +118,12 @@ def build_pairs(data_cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def train_arm(cfg: RunConfig) -> str:
-    """Train one arm (skipped when its model was already exported) and return the model folder."""
-    from raystep.train import run as train_run
-
-    run_dir = RunDir.from_config(cfg)
-    model_dir = run_dir.path / "model"
-    done = run_dir.read_manifest().get("stages", {}).get("train", {})
-    if (model_dir / "config.json").exists() and done.get("model_dir") and not done.get("error"):
-        return str(model_dir)
-    return str(train_run.run(cfg)["model_dir"])
+def eval_settings(samples: int) -> dict[str, dict[str, Any]]:
+    """Greedy (one answer) and sampled (temperature 0.8, top-p 0.95, ``samples`` answers) evaluation."""
+    return {
+        "greedy": {"temperature": 0.0, "top_p": 1.0, "k": 1},
+        "sampled": {"temperature": 0.8, "top_p": 0.95, "k": samples},
+    }
 
 
 def evaluate(
@@ -136,45 +134,54 @@ def evaluate(
     samples: int,
     progress: bool,
     metrics: tuple[str, ...] = METRICS,
+    url: str | None = None,
 ) -> dict[str, Any]:
-    """Serve ``model_dir`` once; greedy and sampled accuracy and the taxonomy of the greedy failures."""
+    """Greedy and sampled accuracy of ``model_dir`` and the taxonomy of its greedy failures.
+
+    Through the policy served at ``url``, or served here once for all metrics (not at all when every
+    answer is already in the run folder: evaluations resume by folder, named by label and weights).
+    """
     from raystep import demo
-    from raystep.evaluate.benchmark import evaluate_benchmark
+    from raystep.evaluate.benchmark import evaluate_benchmark, pending_requests
     from raystep.grading import Grader
     from raystep.serve import run as serve_run
     from raystep.synth.diagnose import taxonomy
 
-    cfg = config.model_copy(deep=True)
-    cfg.serve.model = str(model_dir)
-    tag = f"{label}-{demo.weights_fingerprint(model_dir)}"
-    settings = {"greedy": (0.0, 1.0, 1), "sampled": (0.8, 0.95, samples)}
-    settings = {m: settings[m] for m in metrics}
+    cfgs = {}
+    for metric in metrics:
+        cfg = demo.eval_config(config, model_dir, f"{label}-{metric}")
+        cfg.eval = cfg.eval.model_copy(update=eval_settings(samples)[metric])
+        cfgs[metric] = cfg
+    todo = sum(pending_requests(c.eval, "synth", demo.eval_folder(c), problems) for c in cfgs.values())
+    own_server = bool(todo) and url is None
+    if own_server:
+        url = serve_run.start(cfgs[metrics[0]])
     out: dict[str, Any] = {}
-    url = serve_run.start(cfg)
     try:
-        serve_run.wait_healthy(url, timeout_s=180)
         with Grader(workers=1, timeout_s=5.0) as grader:
-            for metric, (temperature, top_p, k) in settings.items():
-                ecfg = cfg.eval.model_copy(
-                    update={
-                        "base_url": url,
-                        "model": cfg.serve.model_id,
-                        "temperature": temperature,
-                        "top_p": top_p,
-                        "k": k,
-                        "name": f"{tag}-{metric}",
-                    }
-                )
-                folder = RunDir.from_config(cfg).stage("eval") / ecfg.name / "synth"
-                summary = evaluate_benchmark(ecfg, "synth", folder, problems, grader, progress)
-                out[metric] = summary["accuracy"]
+            for metric, cfg in cfgs.items():
+                cfg.eval.base_url = url or cfg.eval.base_url
+                folder = demo.eval_folder(cfg)
+                out[metric] = evaluate_benchmark(cfg.eval, "synth", folder, problems, grader, progress)[
+                    "accuracy"
+                ]
                 out[f"{metric}_folder"] = str(folder)
     finally:
-        serve_run.shutdown()
-    rows = [json.loads(line) for line in Path(out["greedy_folder"], "samples.jsonl").read_text().splitlines()]
-    tax = taxonomy(rows, [r["response"] or "" for r in rows], [bool(r["correct"]) for r in rows])
-    out["taxonomy"] = {k: v for k, v in tax.items() if k != "diagnoses"}
+        if own_server:
+            serve_run.shutdown()
+    if "greedy" in out:
+        log = Path(out["greedy_folder"], "samples.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in log if line.strip()]
+        tax = taxonomy(rows, [r["response"] or "" for r in rows], [bool(r["correct"]) for r in rows])
+        out["taxonomy"] = {k: v for k, v in tax.items() if k != "diagnoses"}
     return out
+
+
+def served(config: RunConfig, model_dir: str, needed: bool):
+    """The start policy of a seed and round, served (``ray.serve.llm``) while its data stages run."""
+    from raystep import demo
+
+    return demo.policy_server(config, model_dir, needed, lambda _name, fn, *args: fn(*args))
 
 
 def test_problems(config: RunConfig, split: str = "test") -> list[dict[str, Any]]:
@@ -197,6 +204,7 @@ def run(
 ) -> dict[str, Any]:
     """The whole ablation; returns the report (also ``<run>/ablate/ablate.{json,md,png}``)."""
     from raystep import demo
+    from raystep.local_ray import ensure_ray
     from raystep.synth.policy import ensure_policy, settings_from_config
 
     tuned = tuned or {}
@@ -206,16 +214,21 @@ def run(
     policy_dir, warm = ensure_policy(root.path / "policy", settings_from_config(config), progress)
     base = config.model_copy(deep=True)
     base.model.path = str(policy_dir)
-    demo.ensure_ray()
+    ensure_ray()
     problems = test_problems(base)
-    baseline = evaluate(base, str(policy_dir), "no-training", problems, samples, progress)
     per_seed: list[dict[str, Any]] = []
+    baseline: dict[str, Any] = {}
     for seed in seeds:
         start = str(policy_dir)
         seed_rows: list[dict[str, Any]] = []
         for rnd in range(1, rounds + 1):
             data_cfg = round_config(base, config.name, seed, rnd, start)
-            data = build_pairs(data_cfg)
+            prior = RunDir.from_config(data_cfg).read_manifest()
+            needed = not demo.data_stages_done(prior, data_cfg) or (rnd == 1 and not baseline)
+            with served(data_cfg, start, needed) as url:
+                data = build_pairs(data_cfg, url)
+                if rnd == 1 and not baseline:  # the warm-up policy, while it is served anyway
+                    baseline = evaluate(base, start, "no-training", problems, samples, progress, url=url)
             files = data.pop("files")
             row: dict[str, Any] = {"seed": seed, "round": rnd, **data, "arms": {}}
             row["arms"]["no training"] = baseline if rnd == 1 else seed_rows[-1]["arms"][METHOD]
@@ -226,8 +239,8 @@ def run(
                 if count_lines(pairs_file) == 0:
                     raise RuntimeError(f"{pairs_file}: no pairs for arm {arm!r} (seed {seed}, round {rnd})")
                 cfg = arm_config(data_cfg, arm, pairs_file, tuned)
-                model_dir = train_arm(cfg)
-                row["arms"][arm] = evaluate(cfg, model_dir, cfg.train.mode, problems, samples, progress)
+                model_dir = str(demo.train_once(cfg)["model_dir"])
+                row["arms"][arm] = evaluate(cfg, model_dir, cfg.name, problems, samples, progress)
                 if arm == METHOD:
                     start = model_dir
             seed_rows.append(row)

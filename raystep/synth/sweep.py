@@ -53,6 +53,7 @@ def run(
     progress: bool = True,
 ) -> dict[str, Any]:
     from raystep import demo
+    from raystep.local_ray import ensure_ray
     from raystep.synth.policy import ensure_policy, settings_from_config
 
     started = time.time()
@@ -60,11 +61,14 @@ def run(
     policy_dir, _ = ensure_policy(root.path / "policy", settings_from_config(config), progress)
     base = config.model_copy(deep=True)
     base.model.path = str(policy_dir)
-    demo.ensure_ray()
+    ensure_ray()
     problems = ablate.test_problems(base, split="valid")
-    before = ablate.evaluate(base, str(policy_dir), "valid-no-training", problems, 1, progress, ("greedy",))
     data_cfg = ablate.round_config(base, f"{config.name}-sweep", seed, 1, str(policy_dir))
-    data = ablate.build_pairs(data_cfg)
+    with ablate.served(data_cfg, str(policy_dir), True) as url:
+        data = ablate.build_pairs(data_cfg, url)
+        before = ablate.evaluate(
+            base, str(policy_dir), "valid-no-training", problems, 1, progress, ("greedy",), url
+        )
     pairs = data.pop("files")["own"]
     results = []
     for point in grid(modes, lrs, betas):
@@ -73,8 +77,8 @@ def run(
         cfg.name = f"{data_cfg.name}-{point['mode']}-{tag}"
         cfg.train.mode = point["mode"]
         cfg.train.pairs = str(pairs)
-        model_dir = ablate.train_arm(cfg)
-        score = ablate.evaluate(cfg, model_dir, f"valid-{point['mode']}", problems, 1, progress, ("greedy",))
+        model_dir = str(demo.train_once(cfg)["model_dir"])
+        score = ablate.evaluate(cfg, model_dir, f"valid-{cfg.name}", problems, 1, progress, ("greedy",))
         results.append({**point, "valid_greedy": score["greedy"]})
         print(f"[sweep] {point['mode']} {tag}: valid greedy {100 * score['greedy']:.1f}%", flush=True)
     report = {
