@@ -207,13 +207,24 @@ def test_arm_configs_share_the_pairs_and_differ_in_mode_and_tuned_settings(tmp_p
     assert dpo.train.epochs == gold.train.epochs == data.train.epochs
 
 
+def test_pipeline_rounds_need_the_train_stage():
+    from raystep.pipeline import run
+
+    cfg = load_config(None, ["data.source=synth"])
+    with pytest.raises(ValueError, match="rounds > 1 need the train stage"):
+        run(cfg, ["collect", "localize"], rounds=2)
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        run(cfg, None, rounds=0)
+
+
 # ---- end to end ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
 def test_tiny_ablation_end_to_end(tmp_path, ray_local):
-    """warm-up -> pairs -> SFT, DPO, Step-DPO (gold and own) -> served greedy and sampled evaluation -> report,
-    and a second round of Step-DPO from the first round's model."""
+    """warm-up -> pairs -> SFT, DPO, Step-DPO (gold and own) -> greedy and sampled evaluation -> report,
+    and a second round of Step-DPO from the first round's model. The ``hf`` engine: no engine start per
+    evaluation, so it fits a few minutes on two cores (the vLLM engine is tested by the stages' tests)."""
     from raystep.synth.ablate import ARMS, ablate_overrides, run
 
     cfg = load_config(
@@ -222,14 +233,15 @@ def test_tiny_ablation_end_to_end(tmp_path, ray_local):
             *ablate_overrides(True),
             f"storage.root={tmp_path}",
             "name=tiny",
-            "serve.port=8398",
+            "sampling.engine=hf",
             "data.limit=12",
-            "eval.limit=12",
+            "eval.limit=10",
             "sampling.n=2",
             "rectify.n=2",
             "data.synth.policy.steps=300",
             "data.synth.policy.num_examples=600",
             "data.synth.max_steps=2",
+            "data.synth.max_distractors=1",
         ],
     )
     report = run(cfg, [0], rounds=2, samples=2, progress=False)
@@ -241,21 +253,13 @@ def test_tiny_ablation_end_to_end(tmp_path, ray_local):
     assert first["pairs"] > 0 and first["gold_pairs"] == first["pairs"]
     for arm, result in first["arms"].items():
         assert 0.0 <= result["greedy"] <= 1.0 and 0.0 <= result["sampled"] <= 1.0, arm
-        rows = Path(result["sampled_folder"], "samples.jsonl").read_text().splitlines()
-        assert len(rows) == 12 * 2, arm
+        assert (result["greedy_samples"], result["sampled_samples"]) == (10, 20), arm
+        assert sum(result["taxonomy"]["categories"].values()) == result["taxonomy"]["wrong"]
+    trained = {first["arms"][a]["greedy_folder"] for a in ARMS if a != "no training"}
+    assert len(trained) == 4  # every arm answered with its own weights
     second = [r for r in report["per_seed"] if r["round"] == 2][0]
     assert set(second["arms"]) == {"no training", "Step-DPO"}
     assert second["arms"]["no training"] == first["arms"]["Step-DPO"]
     assert [r["round"] for r in report["by_round"]] == [1, 2]
     text = (folder / "ablate.md").read_text()
     assert "| Step-DPO |" in text and "Step-DPO round" in text
-
-
-def test_pipeline_rounds_need_the_train_stage():
-    from raystep.pipeline import run
-
-    cfg = load_config(None, ["data.source=synth"])
-    with pytest.raises(ValueError, match="rounds > 1 need the train stage"):
-        run(cfg, ["collect", "localize"], rounds=2)
-    with pytest.raises(ValueError, match="rounds must be >= 1"):
-        run(cfg, None, rounds=0)

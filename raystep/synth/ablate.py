@@ -11,8 +11,10 @@ pairs with the same budget (epochs, batch) from the same start:
   in a wording the policy never uses, standing for human or GPT-4 data (``raystep.synth.gold``);
 - ``Step-DPO``: Step-DPO with in-distribution chosen steps (the policy's own rectified steps).
 
-Every model is served and evaluated through the ``openai`` client on the same held-out problems,
-greedily and sampled (temperature 0.8, ``--samples`` per problem). The report gives each arm's mean
+Every model answers the same held-out problems (the world's ``test`` split, ``eval.limit`` of them)
+through the collect stage, greedily and sampled (temperature 0.8, ``--samples`` per problem), with the
+same sampling seeds for every arm; the engine is the configured one (``sampling.engine``: ``vllm`` by
+default, ``hf`` where vLLM cannot start quickly), so the ablation starts no server. The report gives each arm's mean
 over seeds with a Student-t interval, the paired difference of Step-DPO against every other arm per
 seed with its t-interval, the verifier's taxonomy of the greedy failures of every arm, and, with
 ``--rounds N``, iterative Step-DPO: round r collects with round r-1's Step-DPO model and trains from it.
@@ -54,11 +56,22 @@ def with_overrides(config: RunConfig, items: list[str]) -> RunConfig:
     return RunConfig.model_validate(apply_overrides(config.model_dump(mode="json"), list(items)))
 
 
+WARMUP = ["data.synth.policy.steps=4000", "data.synth.policy.num_examples=20000"]
+"""The ablation's warm-up: longer than the demo's (which must fit its time budget), so the policy has
+learnt to copy and to compute, and what it still gets wrong is reading (see ``docs/demo.md``)."""
+
+
 def ablate_overrides(quick: bool) -> list[str]:
-    """The demo's settings, localized by the verifier alone (the rollouts are the demo's comparison)."""
+    """The demo's settings, localized by the verifier alone (the rollouts are the demo's comparison),
+    with the ablation's warm-up and 200 held-out problems."""
     from raystep import demo
 
-    return [*demo.demo_overrides("quick" if quick else "full", 8321), "localize.methods=[verifier]"]
+    size = "quick" if quick else "full"
+    return [
+        *demo.demo_overrides(size, 8321),
+        "localize.methods=[verifier]",
+        *([] if quick else [*WARMUP, "eval.limit=200"]),
+    ]
 
 
 def round_config(base: RunConfig, root_name: str, seed: int, rnd: int, start: str) -> RunConfig:
@@ -85,18 +98,15 @@ def count_lines(path: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
 
 
-def build_pairs(data_cfg: RunConfig, url: str | None) -> dict[str, Any]:
-    """collect -> localize -> rectify for one seed and round (sampling through the policy served at
-    ``url``, or the configured engine when None), then the gold-step copy of its pairs."""
-    from raystep import demo
+def build_pairs(data_cfg: RunConfig) -> dict[str, Any]:
+    """collect -> localize -> rectify for one seed and round, then the gold-step copy of its pairs."""
     from raystep.records import read_rows, write_jsonl
     from raystep.stages import collect, localize, rectify
     from raystep.synth.gold import ood_pairs
 
-    sampled = demo.served_config(data_cfg, url) if url else data_cfg
-    collected = collect.run(sampled)
-    localize.run(sampled)
-    rectified = rectify.run(sampled)
+    collected = collect.run(data_cfg)
+    localize.run(data_cfg)
+    rectified = rectify.run(data_cfg)
     folder = RunDir.from_config(data_cfg).path / "pairs"
     own = folder / "pairs.jsonl"
     gold = folder / "gold.jsonl"
@@ -121,77 +131,58 @@ def build_pairs(data_cfg: RunConfig, url: str | None) -> dict[str, Any]:
 def eval_settings(samples: int) -> dict[str, dict[str, Any]]:
     """Greedy (one answer) and sampled (temperature 0.8, top-p 0.95, ``samples`` answers) evaluation."""
     return {
-        "greedy": {"temperature": 0.0, "top_p": 1.0, "k": 1},
-        "sampled": {"temperature": 0.8, "top_p": 0.95, "k": samples},
+        "greedy": {"temperature": 0.0, "top_p": 1.0, "n": 1},
+        "sampled": {"temperature": 0.8, "top_p": 0.95, "n": samples},
     }
+
+
+def eval_config(
+    config: RunConfig, model_dir: str, name: str, metric: str, samples: int, split: str
+) -> RunConfig:
+    """The collect run that evaluates ``model_dir`` on held-out problems (``eval.limit`` of ``split``).
+
+    Every model is evaluated with the same sampling seed, so arms differ by their weights alone.
+    """
+    cfg = config.model_copy(deep=True)
+    cfg.name = f"{name}-eval-{metric}"
+    cfg.model.path = str(model_dir)
+    cfg.data.split = split
+    cfg.data.limit = config.eval.limit
+    cfg.sampling = cfg.sampling.model_copy(update={**eval_settings(samples)[metric], "seed": 0})
+    return cfg
 
 
 def evaluate(
     config: RunConfig,
     model_dir: str,
-    label: str,
-    problems: list[dict[str, Any]],
+    name: str,
     samples: int,
-    progress: bool,
     metrics: tuple[str, ...] = METRICS,
-    url: str | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """Greedy and sampled accuracy of ``model_dir`` and the taxonomy of its greedy failures.
+    """Greedy and sampled accuracy of ``model_dir`` on held-out problems, and the taxonomy of its greedy
+    failures.
 
-    Through the policy served at ``url``, or served here once for all metrics (not at all when every
-    answer is already in the run folder: evaluations resume by folder, named by label and weights).
+    The answers come from the collect stage on the held-out split (its folder ``<name>-eval-<metric>``),
+    so they are sampled by the configured engine exactly like the pairs' data, graded by the project's
+    grader, and resumed like any stage. Accuracy is the mean per-problem accuracy (pass@1).
     """
-    from raystep import demo
-    from raystep.evaluate.benchmark import evaluate_benchmark, pending_requests
-    from raystep.grading import Grader
-    from raystep.serve import run as serve_run
+    from raystep.records import read_parquet
+    from raystep.stages import collect
     from raystep.synth.diagnose import taxonomy
 
-    cfgs = {}
-    for metric in metrics:
-        cfg = demo.eval_config(config, model_dir, f"{label}-{metric}")
-        cfg.eval = cfg.eval.model_copy(update=eval_settings(samples)[metric])
-        cfgs[metric] = cfg
-    todo = sum(pending_requests(c.eval, "synth", demo.eval_folder(c), problems) for c in cfgs.values())
-    own_server = bool(todo) and url is None
-    if own_server:
-        url = serve_run.start(cfgs[metrics[0]])
     out: dict[str, Any] = {}
-    try:
-        with Grader(workers=1, timeout_s=5.0) as grader:
-            for metric, cfg in cfgs.items():
-                cfg.eval.base_url = url or cfg.eval.base_url
-                folder = demo.eval_folder(cfg)
-                out[metric] = evaluate_benchmark(cfg.eval, "synth", folder, problems, grader, progress)[
-                    "accuracy"
-                ]
-                out[f"{metric}_folder"] = str(folder)
-    finally:
-        if own_server:
-            serve_run.shutdown()
-    if "greedy" in out:
-        log = Path(out["greedy_folder"], "samples.jsonl").read_text().splitlines()
-        rows = [json.loads(line) for line in log if line.strip()]
-        tax = taxonomy(rows, [r["response"] or "" for r in rows], [bool(r["correct"]) for r in rows])
-        out["taxonomy"] = {k: v for k, v in tax.items() if k != "diagnoses"}
+    for metric in metrics:
+        cfg = eval_config(config, model_dir, name, metric, samples, split)
+        stats = collect.run(cfg)
+        out[metric] = stats["accuracy"]
+        out[f"{metric}_samples"] = stats["samples"]
+        out[f"{metric}_folder"] = str(RunDir.from_config(cfg).path)
+        if metric == "greedy":
+            rows = read_parquet(RunDir.from_config(cfg).path / "samples", kind="sample")
+            tax = taxonomy(rows, [r["response"] for r in rows], [bool(r["correct"]) for r in rows])
+            out["taxonomy"] = {k: v for k, v in tax.items() if k != "diagnoses"}
     return out
-
-
-def served(config: RunConfig, model_dir: str, needed: bool):
-    """The start policy of a seed and round, served (``ray.serve.llm``) while its data stages run."""
-    from raystep import demo
-
-    return demo.policy_server(config, model_dir, needed, lambda _name, fn, *args: fn(*args))
-
-
-def test_problems(config: RunConfig, split: str = "test") -> list[dict[str, Any]]:
-    """Held-out problems of the world (``eval.limit`` of them): never seen by the warm-up or collect."""
-    from raystep.config import DataConfig
-    from raystep.synth.world import load_problems
-
-    return load_problems(
-        DataConfig(source="synth", split=split, limit=config.eval.limit, synth=config.data.synth)
-    )
 
 
 def run(
@@ -203,6 +194,8 @@ def run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The whole ablation; returns the report (also ``<run>/ablate/ablate.{json,md,png}``)."""
+    if not config.eval.limit:
+        raise ValueError("eval.limit must say how many held-out problems to evaluate on")
     from raystep import demo
     from raystep.local_ray import ensure_ray
     from raystep.synth.policy import ensure_policy, settings_from_config
@@ -215,20 +208,14 @@ def run(
     base = config.model_copy(deep=True)
     base.model.path = str(policy_dir)
     ensure_ray()
-    problems = test_problems(base)
+    baseline = evaluate(base, str(policy_dir), config.name + "-no-training", samples)
     per_seed: list[dict[str, Any]] = []
-    baseline: dict[str, Any] = {}
     for seed in seeds:
         start = str(policy_dir)
         seed_rows: list[dict[str, Any]] = []
         for rnd in range(1, rounds + 1):
             data_cfg = round_config(base, config.name, seed, rnd, start)
-            prior = RunDir.from_config(data_cfg).read_manifest()
-            needed = not demo.data_stages_done(prior, data_cfg) or (rnd == 1 and not baseline)
-            with served(data_cfg, start, needed) as url:
-                data = build_pairs(data_cfg, url)
-                if rnd == 1 and not baseline:  # the warm-up policy, while it is served anyway
-                    baseline = evaluate(base, start, "no-training", problems, samples, progress, url=url)
+            data = build_pairs(data_cfg)
             files = data.pop("files")
             row: dict[str, Any] = {"seed": seed, "round": rnd, **data, "arms": {}}
             row["arms"]["no training"] = baseline if rnd == 1 else seed_rows[-1]["arms"][METHOD]
@@ -240,7 +227,7 @@ def run(
                     raise RuntimeError(f"{pairs_file}: no pairs for arm {arm!r} (seed {seed}, round {rnd})")
                 cfg = arm_config(data_cfg, arm, pairs_file, tuned)
                 model_dir = str(demo.train_once(cfg)["model_dir"])
-                row["arms"][arm] = evaluate(cfg, model_dir, cfg.name, problems, samples, progress)
+                row["arms"][arm] = evaluate(cfg, model_dir, cfg.name, samples)
                 if arm == METHOD:
                     start = model_dir
             seed_rows.append(row)
@@ -250,7 +237,7 @@ def run(
                 flush=True,
             )
         per_seed.extend(seed_rows)
-    report = summarize(per_seed, seeds, rounds, samples, len(problems), config)
+    report = summarize(per_seed, seeds, rounds, samples, int(config.eval.limit or 0), config)
     report["warmup"] = {k: warm.get(k) for k in ("parameters", "final_loss", "train_seconds", "cached")}
     report["seconds"] = round(time.time() - started, 1)
     out = root.stage("ablate")
@@ -441,8 +428,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="small", help="policy size preset: small | large")
     parser.add_argument("--tuned", type=Path, help="settings per method from `raystep sweep` (sweep.json)")
     parser.add_argument("--quick", action="store_true", help="CI-sized runs")
-    parser.add_argument("--port", type=int, default=8321, help="port of the local Serve app (127.0.0.1)")
-    parser.add_argument("--no-progress", action="store_true", help="no warm-up or evaluation progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no warm-up progress bar")
 
 
 def base_config(args: argparse.Namespace, command: str) -> RunConfig:
@@ -450,12 +436,7 @@ def base_config(args: argparse.Namespace, command: str) -> RunConfig:
     from raystep.synth.policy import preset_overrides
 
     name = f"{command}-{args.policy}" + ("-quick" if args.quick else "")
-    overrides = [
-        *ablate_overrides(args.quick),
-        f"serve.port={args.port}",
-        *preset_overrides(args.policy),
-        f"name={name}",
-    ]
+    overrides = [*ablate_overrides(args.quick), *preset_overrides(args.policy), f"name={name}"]
     return load_config(args.config, overrides + list(args.overrides))
 
 

@@ -169,3 +169,37 @@ def render(report: dict[str, Any], label: str = "policy") -> str:
             f"(n = {r['samples_per_failure']}) |"
         )
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m raystep.synth.diagnose POLICY``: (a) and (b) for a policy folder on held-out problems."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from raystep.config import DataConfig, load_config
+    from raystep.synth.world import load_problems
+
+    parser = argparse.ArgumentParser(prog="python -m raystep.synth.diagnose", description=main.__doc__)
+    parser.add_argument("policy", type=Path, help="a warmed-up (or trained) policy folder")
+    parser.add_argument("--problems", type=int, default=200, help="held-out problems (world split test)")
+    parser.add_argument("--split", default="test", help="world split to draw them from")
+    parser.add_argument("--resample", type=int, default=8, help="samples of the first wrong step")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="world knobs (data.synth.*)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the full report (responses included) here")
+    args = parser.parse_args(argv)
+    cfg = load_config(None, ["data.source=synth", *args.overrides])
+    rows = load_problems(
+        DataConfig(source="synth", split=args.split, limit=args.problems, synth=cfg.data.synth)
+    )
+    report = diagnose_policy(args.policy, rows, resample_n=args.resample)
+    print(render(report, str(args.policy)))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

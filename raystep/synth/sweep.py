@@ -62,13 +62,11 @@ def run(
     base = config.model_copy(deep=True)
     base.model.path = str(policy_dir)
     ensure_ray()
-    problems = ablate.test_problems(base, split="valid")
     data_cfg = ablate.round_config(base, f"{config.name}-sweep", seed, 1, str(policy_dir))
-    with ablate.served(data_cfg, str(policy_dir), True) as url:
-        data = ablate.build_pairs(data_cfg, url)
-        before = ablate.evaluate(
-            base, str(policy_dir), "valid-no-training", problems, 1, progress, ("greedy",), url
-        )
+    data = ablate.build_pairs(data_cfg)
+    before = ablate.evaluate(
+        base, str(policy_dir), f"{config.name}-valid-no-training", 1, ("greedy",), "valid"
+    )
     pairs = data.pop("files")["own"]
     results = []
     for point in grid(modes, lrs, betas):
@@ -78,12 +76,12 @@ def run(
         cfg.train.mode = point["mode"]
         cfg.train.pairs = str(pairs)
         model_dir = str(demo.train_once(cfg)["model_dir"])
-        score = ablate.evaluate(cfg, model_dir, f"valid-{cfg.name}", problems, 1, progress, ("greedy",))
+        score = ablate.evaluate(cfg, model_dir, f"{cfg.name}-valid", 1, ("greedy",), "valid")
         results.append({**point, "valid_greedy": score["greedy"]})
         print(f"[sweep] {point['mode']} {tag}: valid greedy {100 * score['greedy']:.1f}%", flush=True)
     report = {
         "seed": seed,
-        "valid_problems": len(problems),
+        "valid_problems": int(config.eval.limit or 0),
         "no_training": before["greedy"],
         "pairs": data["pairs"],
         "results": results,
@@ -122,8 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--betas", type=float, nargs="+", default=[0.1, 0.5], help="DPO betas")
     parser.add_argument("--policy", default="small", help="policy size preset: small | large")
     parser.add_argument("--quick", action="store_true", help="CI-sized runs")
-    parser.add_argument("--port", type=int, default=8321, help="port of the local Serve app (127.0.0.1)")
-    parser.add_argument("--no-progress", action="store_true", help="no warm-up or evaluation progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no warm-up progress bar")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -18,8 +18,8 @@ by the token limit) has no wrong step: the verifier returns 0 and the grader mar
 
 ``diagnose`` names the kind of the first wrong step (``KINDS``), so a policy's failures can be counted
 as capacity errors (``arithmetic``: a false computation) or reasoning slips (the wrong operation for the
-event, a wrong or stale quantity, a distractor's number applied, an event skipped or repeated, an early
-answer, a step past the end): the split the Step-DPO claim turns on.
+event, a wrong or stale quantity, the other person's amount followed, a distractor's number applied,
+an event skipped or repeated, an early answer, a step past the end): the split the Step-DPO claim turns on.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ KINDS: dict[str, str] = {
     "arithmetic": "arithmetic",
     "wrong_operation": "reasoning",
     "wrong_quantity": "reasoning",
+    "wrong_person": "reasoning",
     "distractor": "reasoning",
     "skipped_event": "reasoning",
     "repeated_event": "reasoning",
@@ -73,6 +74,9 @@ class Reading:
     apply; None for the others."""
     step_sentences: list[str] = field(default_factory=list)
     """Each step's event sentence (without its period), to tell which event a step read."""
+    other: list[tuple[int, str, int]] = field(default_factory=list)
+    """Story world, per step: the other person's amount before it and the change it makes to theirs
+    (``+ 0`` when none): the step of a reader who follows the wrong person."""
     owner: str = ""
     """Whose amount the question asks for."""
     item: str = ""
@@ -93,7 +97,7 @@ def parse_question(question: str) -> tuple[int, list[tuple[str, int]]]:
 
 def read_question(question: str) -> Reading:
     """The ``Reading`` of a chain-world or story-world question."""
-    from raystep.synth.story import NotAStory, parse_story
+    from raystep.synth.story import NO_CHANGE, NotAStory, parse_story
 
     try:
         story = parse_story(question)
@@ -107,10 +111,14 @@ def read_question(question: str) -> Reading:
     naive: list[tuple[str, int] | None] = [None] * len(chain)
     for i, change in story.distractors():
         naive[i] = change
+    them = 1 - story.asked
+    amounts = story.amounts()
+    other = [(amounts[i][them], *(story.effect(e, them) or NO_CHANGE)) for i, e in enumerate(story.events)]
     return Reading(
         start=story.start,
         events=chain,
         naive=naive,
+        other=other,
         step_sentences=[story.sentence(e)[:-1] for e in story.events],
         owner=story.people[story.asked][0],
         item=story.item,
@@ -207,7 +215,8 @@ def step_kind(body: str, k: int, reading: Reading) -> str:
     does. Otherwise the event sentence the step copies says which event it read (a later one:
     ``skipped_event``; an earlier one: ``repeated_event``); when it read step k's own event (or the prose
     is silent) the computation decides: a distractor's suggested change applied (``distractor``), the
-    right operands with another operation or a change read as none (``wrong_operation``), another
+    other person's amount and change (``wrong_person``: the question's subject misread), the right
+    operands with another operation or a change read as none (``wrong_operation``), another
     event's change (only when the prose is silent), or the right change applied to another amount
     (``wrong_quantity``).
     """
@@ -233,6 +242,8 @@ def step_kind(body: str, k: int, reading: Reading) -> str:
     naive = reading.naive[k - 1] if reading.naive else None
     if naive is not None and _applies(a, op, b, (prev, *naive)):
         return "distractor"
+    if reading.other and a != prev and _applies(a, op, b, reading.other[k - 1]):
+        return "wrong_person"
     if (a, b) == (prev, num) or (op in _COMMUTATIVE and (a, b) == (num, prev)):
         return "wrong_operation"
     if naive is None and _applies(a, op, b, (prev, "+", 0)):
