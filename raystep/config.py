@@ -176,7 +176,8 @@ class DataConfig(Section):
     hub_name: str | None = None
     """Hugging Face dataset name (or a local dataset folder) read with ``datasets.load_dataset``."""
     split: str = "train"
-    """Split to read (``train``, ``test``; for synth: ``sft``, ``train``, ``test``)."""
+    """Split to read (``train``, ``test``; for synth: ``sft``, ``train``, ``test``, and ``valid`` in the
+    story world)."""
     column_map: dict[str, str] = Field(default_factory=dict)
     """For generic files: our field name -> the file's column name."""
     limit: int | None = Field(default=None, ge=1)
@@ -184,7 +185,7 @@ class DataConfig(Section):
     rejects: bool = False
     """Send malformed rows to ``<stage>/rejects.jsonl`` (counted) instead of failing on the first one."""
     synth: SynthConfig = Field(default_factory=SynthConfig)
-    """The arithmetic world's knobs, read only when ``source`` is ``synth``."""
+    """The arithmetic worlds' knobs, read only when ``source`` is ``synth``."""
 
 
 class EngineConfig(Section):
