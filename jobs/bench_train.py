@@ -610,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no GPU")
     if args.smoke:
-        args.model_size = args.model_size or "tiny"
+        args.model_size = "tiny"
         args.pairs, args.batch_pairs, args.per_row, args.steps = 8, 4, 4, 1
         args.warmup = 1 if args.warmup is None else args.warmup
     size = args.model_size or ("tiny" if args.check else "1.5b" if cuda else "small")

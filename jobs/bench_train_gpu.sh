@@ -30,18 +30,28 @@ for name in ("transformers", "triton", "trl", "datasets"):
         print(name, "missing:", type(exc).__name__, str(exc)[:120])
 PYEOF
 
+# GSM8K pairs as on CPU: $RAYSTEP_DATA, ../shared/data, or the first 2,000 lines carried in .whl/gsm8k/;
+# without any of them the bench builds pairs from the built-in arithmetic world and says so.
+DATA=()
+if [ -z "${RAYSTEP_DATA:-}" ] && [ ! -e ../shared/data/gsm8k/train.jsonl ] && [ -e .whl/gsm8k/train.jsonl ]; then
+  DATA=(--data .whl/gsm8k/train.jsonl)
+fi
+
 run() {  # run LIMIT_SECONDS ARGS...: one part under its own limit
   local limit=$1; shift
   echo; echo "=== bench_train.py $* (limit ${limit}s)"
-  timeout --kill-after=10 "$limit" "$PY" jobs/bench_train.py --device cuda "$@"
+  # BENCH_DEVICE / BENCH_EXTRA only for trying the script itself elsewhere: BENCH_DEVICE=cpu BENCH_EXTRA=--smoke
+  # shellcheck disable=SC2086
+  timeout --kill-after=10 "$limit" "$PY" jobs/bench_train.py --device "${BENCH_DEVICE:-cuda}" \
+    ${DATA[@]+"${DATA[@]}"} "$@" ${BENCH_EXTRA:-}
   local rc=$?
   [ $rc -eq 0 ] || echo "=== exit status $rc (124: time limit)"
 }
 
 # 1. fp32 correctness on the fused kernels: per-pair log-probs and gradients of every attention vs two-sequence
-run 100 --check --model-size small --pairs 16 --batch-pairs 8 --per-row 4
+run 90 --check --model-size small --pairs 16 --batch-pairs 8 --per-row 4
 # 2. Qwen2-1.5B shape, bf16: every layout, TRL, live reference; tokens/s, MFU, peak memory, ratios
 run 190 --model-size 1.5b --pairs 96 --batch-pairs 16 --per-row 8 --steps 5
 # 3. Qwen2-7B shape, bf16, if it fits (out-of-memory settings are reported as such)
-run 170 --model-size 7b --pairs 48 --batch-pairs 8 --per-row 8 --steps 4 --no-live
+run 200 --model-size 7b --pairs 48 --batch-pairs 8 --per-row 8 --steps 4 --no-live
 echo; echo "=== done"
