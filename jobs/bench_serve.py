@@ -1,14 +1,15 @@
-"""Benchmark: what ``@serve.batch`` buys the CPU OpenAI app under load, measured side by side in one run.
+"""Benchmark: the ``ray.serve.llm`` app (vLLM) under load, one client against many, side by side in one run.
 
-A local Ray starts raystep's Serve app twice on loopback with the same model: once batched
-(``serve.max_batch_size``, default 8) and once unbatched (``max_batch_size=1``). Each gets the same
-bounded load: N concurrent clients sending ``/v1/completions`` requests (GSM8K questions, sampled,
-``max_tokens`` fixed) back to back for D seconds. The script prints requests/s, p50 and p99 latency,
-the error count and the 5xx count per mode, the batched/unbatched ratios, and fails (exit 1) on any
-5xx. The model is a tiny Qwen2 built here (no download) unless ``--model`` names a folder.
+A local Ray starts ``raystep serve``'s app once on loopback (vLLM's CPU build here, the GPU build on a
+GPU machine). It then gets two bounded loads in turn: one client sending ``/v1/completions`` requests
+(GSM8K questions, sampled, ``max_tokens`` fixed) back to back for D seconds, then N concurrent clients
+doing the same. vLLM batches concurrent requests continuously, so the ratio of the two says what that
+batching buys behind Serve. The script prints requests/s, tokens/s, p50 and p99 latency, the error and
+5xx counts per load, the ratios, and fails (exit 1) on any 5xx. The model is a tiny Qwen2 built here (no
+download) unless ``--model`` names a folder; start-up time is reported apart.
 
-    python jobs/bench_serve.py [--clients 32] [--duration 30] [--max-tokens 32] [--batch-size 8]
-                               [--model DIR] [--plot bench_serve.png]
+    python jobs/bench_serve.py [--clients 32] [--duration 30] [--max-tokens 32] [--model DIR]
+                               [--plot bench_serve.png]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from raystep.config import RunConfig  # noqa: E402
 from raystep.datasets import default_data_dir, load_benchmark  # noqa: E402
 from raystep.evaluate.report import percentile  # noqa: E402
+from raystep.local_ray import ensure_ray  # noqa: E402
 from raystep.tiny import build_tiny_model, gsm8k_texts  # noqa: E402
 
 
@@ -105,28 +107,35 @@ async def load(
     }
 
 
-def run_mode(model: Path, batch_size: int, args: argparse.Namespace, prompts: list[str]) -> dict[str, Any]:
+def run_loads(model: Path, args: argparse.Namespace, prompts: list[str]) -> dict[str, Any]:
+    """Serve ``model`` once; measure one client, then ``args.clients`` concurrent clients."""
     from raystep.serve.run import shutdown, start
 
     config = RunConfig.model_validate(
         {
+            "model": {"path": str(model)},
+            "engine": {"max_model_len": 1024, "cpu_kv_cache_gib": 2},
             "serve": {
                 "model": str(model),
                 "port": free_port(),
-                "max_batch_size": batch_size,
-                "batch_wait_timeout_s": args.batch_wait,
-                "max_ongoing_requests": max(args.clients, batch_size),
-                "max_tokens_cap": args.max_tokens,
-                "num_cpus_per_replica": 1,
-            }
+                "max_ongoing_requests": max(args.clients, 8),
+            },
         }
     )
+    started = time.perf_counter()
     url = start(config)
+    startup = time.perf_counter() - started
     try:
         asyncio.run(load(url, prompts, min(args.clients, 4), 2.0, args.max_tokens))  # warm-up, not counted
-        return asyncio.run(load(url, prompts, args.clients, args.duration, args.max_tokens))
+        results = {
+            "1 client": asyncio.run(load(url, prompts, 1, args.duration, args.max_tokens)),
+            f"{args.clients} clients": asyncio.run(
+                load(url, prompts, args.clients, args.duration, args.max_tokens)
+            ),
+        }
     finally:
         shutdown()
+    return {"startup_s": round(startup, 1), "results": results}
 
 
 def plot(results: dict[str, dict[str, Any]], path: str) -> None:
@@ -146,7 +155,7 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
     ax2.set_xticks(list(xs), names)
     ax2.set_ylabel("latency (s)")
     ax2.legend()
-    fig.suptitle("raystep CPU serve app: batched vs unbatched")
+    fig.suptitle("ray.serve.llm (vLLM): one client vs many")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -156,8 +165,6 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per mode")
     parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request")
-    parser.add_argument("--batch-size", type=int, default=8, help="serve.max_batch_size of the batched mode")
-    parser.add_argument("--batch-wait", type=float, default=0.01, help="serve.batch_wait_timeout_s")
     parser.add_argument("--model", help="a Hugging Face model folder (default: a tiny Qwen2 built here)")
     parser.add_argument("--hidden", type=int, default=256, help="tiny model hidden size")
     parser.add_argument("--layers", type=int, default=4, help="tiny model layers")
@@ -182,30 +189,20 @@ def main() -> int:
                 num_layers=args.layers,
                 intermediate_size=args.hidden * 2,
             )
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}},
-        )
+        ensure_ray()
         try:
-            results = {
-                f"batched (max_batch_size={args.batch_size})": run_mode(
-                    model, args.batch_size, args, prompts
-                ),
-                "unbatched (max_batch_size=1)": run_mode(model, 1, args, prompts),
-            }
+            measured = run_loads(model, args, prompts)
         finally:
             ray.shutdown()
 
-    batched, unbatched = results.values()
+    results = measured["results"]
+    one, many = results.values()
     print(
-        f"\n{args.clients} concurrent clients x {args.duration:.0f} s per mode, max_tokens={args.max_tokens}"
+        f"\nray.serve.llm up in {measured['startup_s']:.0f} s; {args.duration:.0f} s per load, "
+        f"max_tokens={args.max_tokens}"
     )
     header = (
-        f"{'mode':<30} {'req/s':>8} {'tok/s':>8} {'p50 s':>8} {'p99 s':>8} {'ok':>6} {'errors':>7} {'5xx':>5}"
+        f"{'load':<30} {'req/s':>8} {'tok/s':>8} {'p50 s':>8} {'p99 s':>8} {'ok':>6} {'errors':>7} {'5xx':>5}"
     )
     print(header)
     for name, r in results.items():
@@ -213,17 +210,17 @@ def main() -> int:
             f"{name:<30} {r['requests_per_s']:>8.2f} {r['tokens_per_s']:>8.1f} {r['p50_s']:>8.3f} "
             f"{r['p99_s']:>8.3f} {r['requests_ok']:>6} {r['errors']:>7} {r['status_5xx']:>5}"
         )
-    ratio_rps = batched["requests_per_s"] / max(unbatched["requests_per_s"], 1e-9)
-    ratio_p50 = unbatched["p50_s"] / max(batched["p50_s"], 1e-9)
-    print(f"batched / unbatched: {ratio_rps:.2f}x requests/s, p50 latency {ratio_p50:.2f}x lower")
-    print(json.dumps({"results": results, "ratio_requests_per_s": round(ratio_rps, 2)}, default=str))
+    ratio_rps = many["requests_per_s"] / max(one["requests_per_s"], 1e-9)
+    ratio_tps = many["tokens_per_s"] / max(one["tokens_per_s"], 1e-9)
+    print(f"{args.clients} clients / 1 client: {ratio_rps:.2f}x requests/s, {ratio_tps:.2f}x tokens/s")
+    print(json.dumps({**measured, "ratio_requests_per_s": round(ratio_rps, 2)}, default=str))
     if args.plot:
         plot(results, args.plot)
         print(f"wrote {args.plot}")
     bad = {name: r["status_5xx"] for name, r in results.items() if r["status_5xx"]}
     if bad:
         print(
-            f"FAIL: 5xx responses under load: {bad}; first failures: {batched['first_failures']}",
+            f"FAIL: 5xx responses under load: {bad}; first failures: {many['first_failures']}",
             file=sys.stderr,
         )
         return 1

@@ -19,10 +19,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from raystep.config import load_config  # noqa: E402
-from raystep.kuberay import RUNS_MOUNT, ClusterShape, raycluster, rayjob, rayservice, storage_claim  # noqa: E402
+from raystep.kuberay import (  # noqa: E402
+    RUNS_MOUNT,
+    ClusterShape,
+    judge_rayservice,
+    raycluster,
+    rayjob,
+    rayservice,
+    storage_claim,
+)
 
 CONFIG_7B = "jobs/configs/qwen2-7b-instruct.yaml"
 CONFIG_72B = "jobs/configs/qwen2-72b-instruct.yaml"
+CONFIG_OPEN_JUDGE = "jobs/configs/qwen2-7b-open-judge.yaml"
+JUDGE_SERVICE = "raystep-judge-serve"
+"""The open judge's RayService; the open-judge config's ``localize.judge.base_url`` points at its Service."""
+JUDGE_KEYS = ("OPENAI_API_KEY", "RAYSTEP_API_KEY", "HF_TOKEN", "RAYSTEP_JUDGE_KEY")
+"""Secret keys of the judge's cluster and of the pipeline that calls it: both read RAYSTEP_JUDGE_KEY."""
 HEADER = (
     "# Rendered by `python jobs/render_cluster.py` from jobs/configs/ and raystep/kuberay.py: edit those.\n"
 )
@@ -39,6 +52,9 @@ def manifests() -> dict[str, dict[str, Any]]:
     # In a pod the Serve proxy must listen on the pod network; a non-loopback bind makes the emitted
     # app check the Bearer key (RAYSTEP_API_KEY from the Secret) before any route runs.
     serve_config = load_config(ROOT / CONFIG_7B, SERVE_OVERRIDES)
+    judge_node = ClusterShape(name=JUDGE_SERVICE.removesuffix("-serve"), gpu_nodes=1, secret_keys=JUDGE_KEYS)
+    open_judge_pipeline = ClusterShape(name="raystep-7b-open-judge", gpu_nodes=1, secret_keys=JUDGE_KEYS)
+    open_judge = load_config(ROOT / CONFIG_OPEN_JUDGE, [f"storage.root={RUNS_MOUNT}"])
     return {
         "storage.yaml": storage_claim(one_node),
         "raycluster.yaml": raycluster(one_node),
@@ -51,6 +67,8 @@ def manifests() -> dict[str, dict[str, Any]]:
             extra_args="--set eval.base_url=http://raystep-7b-serve-serve-svc:8000/v1",
         ),
         "rayservice.yaml": rayservice(one_node, serve_config),
+        "rayservice-judge.yaml": judge_rayservice(judge_node, open_judge),
+        "rayjob-pipeline-7b-open-judge.yaml": rayjob(open_judge_pipeline, CONFIG_OPEN_JUDGE),
     }
 
 

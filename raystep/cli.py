@@ -22,11 +22,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("raystep.serve.run", "serve a model behind OpenAI-compatible routes on Ray Serve"),
     "eval": ("raystep.evaluate.run", "evaluate an OpenAI-compatible endpoint on GSM8K / MATH"),
     "compare": ("raystep.evaluate.compare", "paired comparison of two evaluations (McNemar)"),
+    "report": ("raystep.report.run", "RUN/report/index.html: pairs, stages, curves and evals offline"),
     "pipeline": ("raystep.pipeline", "collect -> localize -> rectify -> train in one run"),
     "demo": ("raystep.demo", "the whole loop on a built-in arithmetic world, on a local CPU Ray"),
     "ablate": (
         "raystep.synth.ablate",
-        "no training vs DPO vs Step-DPO on the arithmetic world, several seeds",
+        "no training, SFT, DPO, Step-DPO (gold / own steps) on an arithmetic world, over seeds",
+    ),
+    "sweep": (
+        "raystep.synth.sweep",
+        "learning rate and beta per method on the arithmetic world's valid split",
     ),
     "config": ("raystep.cli", "print the resolved run config (defaults, file and --set applied)"),
 }
@@ -79,6 +84,84 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+GUIDES: dict[str, str] = {
+    "collect": """main choices:
+  --set sampling.engine=vllm|hf     vLLM through ray.data.llm (default, CPU or GPU) or the small hf fallback
+  --set sampling.n=8                solutions per problem (the paper: 8, temperature 0.8, top-p 0.95)
+  --set data.source=gsm8k|math|math500|jsonl|parquet|synth|hub   and data.path / data.hub_name / data.limit
+
+examples:
+  raystep collect --config jobs/configs/tiny-cpu.yaml
+  raystep collect --config jobs/configs/qwen2-7b-instruct.yaml --set data.limit=100""",
+    "localize": """how to find the first wrong step (localize.methods, several may vote via localize.combine):
+  judge      an OpenAI-compatible chat model labels each step (the paper: GPT-4); key from
+             $<localize.judge.api_key_env>, endpoint localize.judge.base_url / localize.judge.model
+  rollout    Monte Carlo continuations from each prefix with the policy itself (no key needed),
+             bisected over the steps: localize.rollout.num_rollouts, localize.rollout.bisect
+  verifier   an exact step checker where the domain has one (the built-in arithmetic world)
+
+examples:
+  raystep localize --config jobs/configs/tiny-cpu.yaml --set "localize.methods=[rollout]"
+  OPENAI_API_KEY=... raystep localize --config RUN.yaml --set "localize.methods=[judge]" \\
+      --set localize.judge.model=gpt-4o
+  raystep localize --config RUN.yaml --set "localize.methods=[judge, rollout]" --set localize.combine=agree""",
+    "rectify": """main choices:
+  --set rectify.n=20                    continuations from the correct prefix (the paper: 20)
+  --set rectify.max_pairs_per_sample=1  chosen steps kept per wrong sample
+  --set rectify.verify_chosen=true      run the localizer over each rectified solution, drop bad chosen steps
+
+example:
+  raystep rectify --config jobs/configs/tiny-cpu.yaml""",
+    "localize-bench": """examples:
+  raystep localize-bench --config RUN.yaml --set 'localize.methods=[rollout, verifier]'""",
+    "train": """main choices:
+  --set train.mode=stepdpo|dpo        step pairs, or whole responses (the ablation)
+  --set train.beta=0.5 --set train.learning_rate=5e-7 --set train.epochs=8   (the paper's 7B recipe)
+  --set train.num_workers=8 --set train.zero_stage=3   Ray Train workers, DeepSpeed ZeRO stage
+  --pairs FILE                         train on a pairs file (public Math-Step-DPO-10K schema)
+
+examples:
+  raystep train --config jobs/configs/tiny-cpu.yaml
+  raystep train --config jobs/configs/qwen2-7b-instruct.yaml --pairs math_step_dpo_10k.jsonl""",
+    "serve": """Serves the model with ray.serve.llm (vLLM, CPU or GPU) behind OpenAI routes on serve.host:serve.port.
+Binds 127.0.0.1 unless told otherwise; any other address requires the key in $<serve.api_key_env>.
+
+examples:
+  raystep serve --model runs/demo/model --port 8000
+  RAYSTEP_API_KEY=... raystep serve --config RUN.yaml --host 0.0.0.0
+  raystep serve --config RUN.yaml --emit-config serve.yaml     # for `serve deploy` or a RayService""",
+    "eval": """examples:
+  raystep eval --set eval.base_url=http://127.0.0.1:8000/v1 --set eval.model=raystep \\
+      --set "eval.benchmarks=[gsm8k, math500]"
+  raystep eval --config RUN.yaml --set eval.k=8 --set eval.temperature=0.8     # maj@8, pass@8""",
+    "compare": """example:
+  raystep compare runs/demo/eval/before-*/synth runs/demo/eval/after-*/synth""",
+    "pipeline": """example:
+  raystep pipeline --config jobs/configs/tiny-cpu.yaml --set data.limit=4""",
+    "demo": """The whole Step-DPO loop on the built-in arithmetic world, on a local Ray on this machine:
+warm-up policy -> collect -> localize -> rectify -> train -> serve before/after -> evaluate.
+
+examples:
+  raystep demo                 # about 10 minutes on a 2-core CPU machine
+  raystep demo --quick         # the CI size: every stage, too small to move accuracy
+  raystep demo --set train.beta=0.2""",
+    "ablate": """example:
+  raystep ablate --seeds 0 1 2""",
+    "config": """examples:
+  raystep config --config jobs/configs/tiny-cpu.yaml --set train.beta=0.4
+  raystep config --reference > docs/config.md""",
+}
+"""Each command's ``--help`` epilog: its main choices and an example."""
+
+REPORTED = frozenset({"collect", "localize", "rectify", "train", "eval", "pipeline"})
+"""Commands after which the run's HTML report (``<run>/report/index.html``) is rebuilt."""
+
+RAY_COMMANDS = frozenset(
+    {"collect", "localize", "rectify", "localize-bench", "train", "pipeline", "demo", "ablate"}
+)
+"""Commands that run on Ray: they connect to ``$RAY_ADDRESS`` or start a local Ray before they begin."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -89,17 +172,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raystep: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, help_ = COMMANDS[name]
+    if name != "config":
+        from raystep.console import quiet_libraries
+
+        quiet_libraries()
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"raystep {name}", description=help_)
+    parser = argparse.ArgumentParser(
+        prog=f"raystep {name}",
+        description=help_,
+        epilog=GUIDES.get(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:
         if name == "config":
             return main_config(args)
-        return int(module.main(args) or 0)
+        if name in RAY_COMMANDS:
+            from raystep.local_ray import ensure_ray
+
+            ensure_ray()
+        code = int(module.main(args) or 0)
+        if name in REPORTED:
+            from raystep.report import refresh_report
+
+            refresh_report(config_from_args(args).run_dir)
+        return code
     except ConfigError as exc:
         print(f"raystep {name}: config error:\n{exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"raystep {name}: interrupted (a rerun resumes where it stopped)", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line on the terminal, the whole traceback in a file
+        from raystep.console import report_failure
+
+        path = report_failure(name, exc)
+        print(
+            f"raystep {name}: failed: {type(exc).__name__}: {exc} (full traceback: {path})", file=sys.stderr
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -83,27 +83,87 @@ class ModelConfig(Section):
     """Prompt template name from ``raystep.steps.TEMPLATES`` (``alpaca``, ``qwen2-boxed``, ``chat``)."""
 
 
-class SynthConfig(Section):
-    """Knobs of the built-in arithmetic world (``data.source: synth``, see ``raystep.synth.world``)."""
+class SynthPolicyConfig(Section):
+    """The tiny policy the arithmetic worlds warm up themselves (``raystep.synth.policy``).
 
+    Attention heads must be at least 32 wide (``hidden_size / num_heads >= 32``): vLLM's CPU backend
+    refuses smaller ones.
+    """
+
+    vocab_size: int = Field(default=512, ge=0)
+    """BPE vocabulary (digits always split); 0: byte-level, one token per character."""
+    hidden_size: int = Field(default=64, ge=32)
+    """Width of the Qwen2 model."""
+    num_layers: int = Field(default=2, ge=1)
+    """Transformer layers."""
+    num_heads: int = Field(default=2, ge=1)
+    """Attention heads (and key-value heads)."""
+    intermediate_size: int = Field(default=192, ge=1)
+    """Width of the MLP."""
+    num_examples: int = Field(default=4000, ge=1)
+    """Worked solutions of the ``sft`` split the warm-up trains on."""
+    slip_rate: float = Field(default=0.3, ge=0.0, le=1.0)
+    """Share of warm-up solutions carrying one slip (step drawn at random)."""
+    slips: list[str] | None = None
+    """Slip kinds drawn from (empty: the world's own; the story world's are reasoning slips only)."""
+    steps: int = Field(default=1500, ge=1)
+    """Optimizer steps of the warm-up."""
+    batch_size: int = Field(default=16, ge=1)
+    """Solutions per warm-up step."""
+    learning_rate: float = Field(default=5e-3, gt=0.0)
+    """Peak learning rate (AdamW, linear warm-up then cosine to a tenth)."""
+    warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """Share of the steps spent warming the learning rate up."""
+    torch_threads: int = Field(default=1, ge=1)
+    """Intra-op threads: a model this small runs fastest on one (more threads fight on a busy machine)."""
+
+    @model_validator(mode="after")
+    def _head_size(self) -> SynthPolicyConfig:
+        if self.hidden_size % self.num_heads or self.hidden_size // self.num_heads < 32:
+            raise ValueError(
+                f"hidden_size / num_heads must be a whole number >= 32 (vLLM's CPU attention), got "
+                f"{self.hidden_size} / {self.num_heads}"
+            )
+        return self
+
+
+class SynthConfig(Section):
+    """Knobs of the built-in arithmetic worlds (``data.source: synth``, see ``raystep.synth``).
+
+    The shared knobs (steps, operands, amounts) left empty take the chosen world's own default.
+    """
+
+    world: Literal["story", "chain"] = "story"
+    """``story``: two people, transfers and distractor sentences over small numbers, so a tiny policy's
+    mistakes are reasoning slips (``raystep.synth.story``). ``chain``: one amount and a chain of
+    operations over larger numbers, whose mistakes are mostly arithmetic (``raystep.synth.world``)."""
     seed: int = 0
     """Seed of the generated problems."""
     num_problems: int = Field(default=200, ge=1)
     """Problems per split when ``data.limit`` is empty."""
-    min_steps: int = Field(default=2, ge=1)
-    """Fewest operations per problem."""
-    max_steps: int = Field(default=3, ge=1)
-    """Most operations per problem."""
-    min_operand: int = Field(default=2, ge=1)
-    """Smallest operand."""
-    max_operand: int = Field(default=9, ge=1)
-    """Largest operand."""
+    min_steps: int | None = Field(default=None, ge=1)
+    """Fewest steps of a solution (default 2 in both worlds; in a story, events that change the asked
+    amount)."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Most steps (default 3 in both worlds; a story adds one step per distractor)."""
+    min_operand: int | None = Field(default=None, ge=1)
+    """Smallest operand of ``+`` / ``-`` (default 2 in both worlds)."""
+    max_operand: int | None = Field(default=None, ge=1)
+    """Largest operand of ``+`` / ``-`` (default 9 in both worlds)."""
+    max_value: int | None = Field(default=None, ge=2)
+    """Every amount stays in ``1..max_value`` (default: chain 40, story 20)."""
     max_factor: int = Field(default=3, ge=2)
-    """Largest multiplier."""
-    max_value: int = Field(default=40, ge=2)
-    """Largest intermediate value."""
+    """Chain world: largest multiplier / divisor."""
     operators: list[Literal["+", "-", "*", "/"]] = Field(default_factory=lambda: ["+", "-", "*"])
-    """Operators used."""
+    """Chain world: the operations events use."""
+    max_distractors: int = Field(default=2, ge=0)
+    """Story world: sentences per question that change nothing for the asked person (0..this many)."""
+    kinds: list[Literal["gain", "loss", "give", "get", "double"]] = Field(
+        default_factory=lambda: ["gain", "loss", "give", "get", "double"]
+    )
+    """Story world: the event kinds."""
+    policy: SynthPolicyConfig = Field(default_factory=SynthPolicyConfig)
+    """The tiny policy warmed up on the world's ``sft`` split (the demo and the ablation)."""
 
 
 class DataConfig(Section):
@@ -116,7 +176,8 @@ class DataConfig(Section):
     hub_name: str | None = None
     """Hugging Face dataset name (or a local dataset folder) read with ``datasets.load_dataset``."""
     split: str = "train"
-    """Split to read (``train``, ``test``; for synth: ``sft``, ``train``, ``test``)."""
+    """Split to read (``train``, ``test``; for synth: ``sft``, ``train``, ``test``, and ``valid`` in the
+    story world)."""
     column_map: dict[str, str] = Field(default_factory=dict)
     """For generic files: our field name -> the file's column name."""
     limit: int | None = Field(default=None, ge=1)
@@ -124,14 +185,60 @@ class DataConfig(Section):
     rejects: bool = False
     """Send malformed rows to ``<stage>/rejects.jsonl`` (counted) instead of failing on the first one."""
     synth: SynthConfig = Field(default_factory=SynthConfig)
-    """The arithmetic world's knobs, read only when ``source`` is ``synth``."""
+    """The arithmetic worlds' knobs, read only when ``source`` is ``synth``."""
+
+
+class EngineConfig(Section):
+    """How vLLM engines are placed and sized: shared by sampling (``ray.data.llm``), rollouts and serving
+    (``ray.serve.llm``), so one model is loaded the same way in every stage, on CPU or GPU."""
+
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """``auto``: ``cuda`` when the Ray cluster has GPUs, else ``cpu`` (vLLM's CPU build, ``raystep[cpu]``)."""
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    """GPUs per engine replica (tensor parallelism); 1 on CPU."""
+    max_model_len: int | None = Field(default=None, ge=16)
+    """Context length of the engine; empty: the model's own."""
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    """Share of each GPU's memory vLLM may take (weights + KV cache)."""
+    cpu_kv_cache_gib: int = Field(default=2, ge=1)
+    """KV-cache size of one CPU engine in GiB (``VLLM_CPU_KVCACHE_SPACE``)."""
+    cpus_per_replica: float = Field(default=1.0, gt=0.0)
+    """CPUs reserved by one engine replica on CPU (one per bundle on GPU)."""
+    enforce_eager: bool | None = None
+    """Skip CUDA-graph capture; empty: eager on CPU (no graphs there), graphs on GPU."""
+    enable_prefix_caching: bool = True
+    """Share the KV cache of common prefixes: the N samples of one prompt, the rollouts of one prefix."""
+    accelerator_type: str | None = None
+    """Ray accelerator type to schedule on (``H100``, ``A100``...); empty: any GPU."""
+    vllm_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Any other vLLM engine argument, passed as is (it wins over the keys above)."""
+
+
+class EndpointConfig(Section):
+    """An OpenAI-compatible completions endpoint to sample from (``sampling.engine: endpoint``): a policy
+    served with ``raystep serve`` (``ray.serve.llm``), so every stage shares one engine, or any vLLM server."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """The endpoint's base URL (ending in ``/v1``)."""
+    model: str = "raystep"
+    """The model name the endpoint serves."""
+    api_key_env: str = "RAYSTEP_API_KEY"
+    """Name of the environment variable holding the endpoint's key (empty variable: no key sent)."""
+    concurrency: int = Field(default=32, ge=1)
+    """Requests in flight from each sampling replica."""
+    max_retries: int = Field(default=5, ge=0)
+    """Retries of a failed request before its row keeps the error."""
+    timeout_s: float = Field(default=600.0, gt=0.0)
+    """Timeout of one request."""
 
 
 class SamplingConfig(Section):
     """Generation of solutions (collect) and the engine that runs it."""
 
-    engine: Literal["hf", "vllm"] = "hf"
-    """``hf`` (transformers actors, CPU or GPU) or ``vllm`` (``ray.data.llm``, GPU)."""
+    engine: Literal["vllm", "endpoint", "hf"] = "vllm"
+    """``vllm`` (``ray.data.llm``'s vLLM processor, CPU or GPU, placed by the ``engine`` section),
+    ``endpoint`` (requests to an already served policy, ``sampling.endpoint``) or ``hf`` (a small
+    ``transformers`` fallback for machines without vLLM)."""
     n: int = Field(default=8, ge=1)
     """Solutions sampled per problem."""
     temperature: float = Field(default=0.8, ge=0.0, le=5.0)
@@ -148,18 +255,10 @@ class SamplingConfig(Section):
     """Rows per engine call (Ray Data batch size)."""
     concurrency: int = Field(default=1, ge=1)
     """Engine replicas (Ray Data actors)."""
-    num_gpus_per_replica: float = Field(default=0.0, ge=0.0)
-    """GPUs per engine replica (0 on CPU)."""
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    """vLLM tensor parallelism per replica."""
-    max_model_len: int | None = Field(default=None, ge=1)
-    """vLLM context length; empty: the model's."""
-    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
-    """Fraction of GPU memory vLLM may take."""
-    enable_prefix_caching: bool = True
-    """vLLM prefix caching (samples of one problem share the prompt)."""
     shard_size: int = Field(default=256, ge=1)
     """Problems per output shard: the unit of resume."""
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
+    """The served policy ``sampling.engine: endpoint`` sends its requests to."""
 
 
 class JudgeConfig(Section):
@@ -189,6 +288,53 @@ class JudgeConfig(Section):
     """Where replies are cached by request hash; empty: ``<run>/localized/judge-cache``."""
     backoff_s: float = Field(default=1.0, ge=0.0)
     """First retry delay; doubles each attempt (a server's Retry-After wins)."""
+    prompt: Literal["stepdpo", "raystep"] = "raystep"
+    """``stepdpo``: the paper's judge prompt word for word (Step-DPO's ``locate_error_by_gpt4.py``): the
+    problem, the full reference solution and the wrong answer, closing with a ``Final Decision:`` line;
+    every problem row needs its reference ``solution`` (MATH, GSM8K and the arithmetic world carry one).
+    ``raystep``: the problem, the reference answer and numbered steps; works without a solution."""
+    structured: Literal["auto", "json_schema", "off"] = "auto"
+    """``json_schema``: ask for the verdict as JSON following a schema (OpenAI structured outputs; vLLM's
+    guided decoding behind ``ray.serve.llm``), so every reply parses. ``auto``: the same, and a server that
+    refuses ``response_format`` (HTTP 400/422) is asked again in free text. ``off``: free text only.
+    Free-text parsing is the fallback in every mode."""
+    analysis: bool = True
+    """Structured replies start with the judge's step-by-step analysis (as the paper asks); off: labels only,
+    the shortest reply."""
+    serve: ServeConfig | None = None
+    """An open judge model to host next to the pipeline with ``ray.serve.llm`` (``raystep serve --judge``,
+    ``cluster/rayservice-judge.yaml``): ``serve.model`` is the judge's weights, ``serve.model_id`` must equal
+    ``model``, and its ``api_key_env`` names the key the server checks (the one sent: ``api_key_env``)."""
+    engine: EngineConfig | None = None
+    """The served judge's vLLM engine (device, tensor parallelism, context, ``vllm_kwargs``); empty: the
+    run's ``engine`` section."""
+
+    @field_validator("structured", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` as false (and ``on`` as true): take them as the modes they spell."""
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        return value
+
+    @model_validator(mode="after")
+    def _served_judge_matches(self) -> JudgeConfig:
+        if self.serve is not None:
+            if not self.serve.model:
+                raise ValueError(
+                    "localize.judge.serve.model must name the judge's weights (a hub name or path)"
+                )
+            if self.serve.model_id != self.model:
+                raise ValueError(
+                    f"localize.judge.serve.model_id ({self.serve.model_id!r}) must equal localize.judge.model "
+                    f"({self.model!r}): the judge is asked for the model it serves"
+                )
+            if self.serve.api_key_env != self.api_key_env:
+                raise ValueError(
+                    f"localize.judge.serve.api_key_env ({self.serve.api_key_env!r}) must equal "
+                    f"localize.judge.api_key_env ({self.api_key_env!r}): the key sent is the key checked"
+                )
+        return self
 
 
 class RolloutConfig(Section):
@@ -264,8 +410,10 @@ class TrainConfig(Section):
 
     pairs: LocalPath | None = None
     """Pair files (JSONL/Parquet, public schema) to train on; empty: this run's ``pairs/``."""
-    mode: Literal["stepdpo", "dpo"] = "stepdpo"
-    """``dpo`` trains on full_chosen / full_rejected as whole responses (the ablation)."""
+    mode: Literal["stepdpo", "dpo", "sft"] = "stepdpo"
+    """``dpo`` trains on full_chosen / full_rejected as whole responses (the ablation); ``sft`` is
+    rejection-sampling fine-tuning: the per-token NLL of each pair's whole chosen solution
+    (``initial_reason_steps + full_chosen``), no preference and no reference (the usual baseline)."""
     loss: Literal["sigmoid", "ipo"] = "sigmoid"
     """``sigmoid`` (DPO) or ``ipo``."""
     beta: float = Field(default=0.5, gt=0.0)
@@ -351,8 +499,6 @@ class TrainConfig(Section):
 class ServeConfig(Section):
     """Hosting a model behind OpenAI-compatible routes."""
 
-    engine: Literal["hf", "vllm"] = "hf"
-    """``hf`` (raystep's CPU app) or ``vllm`` (``ray.serve.llm``)."""
     model: ModelRef | None = None
     """The model folder or bucket URI to serve; empty: this run's exported ``model/``."""
     model_id: str = "raystep"
@@ -375,22 +521,6 @@ class ServeConfig(Section):
     """Requests one replica handles at once."""
     max_queued_requests: int = Field(default=-1, ge=-1)
     """Requests waiting for a replica beyond which Serve answers 503 at once (-1: no limit)."""
-    num_cpus_per_replica: float = Field(default=1.0, ge=0.0)
-    """CPU app only: CPUs reserved by each replica (torch uses that many threads)."""
-    max_batch_size: int = Field(default=8, ge=1)
-    """Requests batched into one generate call."""
-    batch_wait_timeout_s: float = Field(default=0.02, ge=0.0)
-    """How long a batch waits to fill."""
-    max_tokens_cap: int = Field(default=2048, ge=1)
-    """Upper bound on a request's max_tokens."""
-    max_context: int | None = Field(default=None, ge=1)
-    """Longest prompt + completion accepted; empty: the model's."""
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    """vLLM tensor parallelism per replica."""
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Extra vLLM engine arguments."""
-    accelerator_type: str | None = None
-    """Ray accelerator type to schedule on (e.g. ``H100``)."""
 
 
 class EvalConfig(Section):
@@ -440,6 +570,7 @@ class RunConfig(Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     localize: LocalizeConfig = Field(default_factory=LocalizeConfig)
     rectify: RectifyConfig = Field(default_factory=RectifyConfig)
@@ -459,6 +590,11 @@ class RunConfig(Section):
         """The run folder (a path or URI string)."""
         root = self.storage.root
         return f"{root.rstrip('/')}/{self.name}" if is_uri(root) else str(Path(root) / self.name)
+
+
+JudgeConfig.model_rebuild()  # ``serve`` refers to ServeConfig, defined after it
+LocalizeConfig.model_rebuild()
+RunConfig.model_rebuild()
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -1,10 +1,11 @@
 """``raystep demo``: the whole Step-DPO loop on the built-in arithmetic world, on a local CPU Ray.
 
-warm-up (a tiny policy trained here, cached in ``<run>/policy``) -> collect -> localize (the exact
-verifier labels; Monte Carlo rollouts run beside it for comparison) -> rectify -> Step-DPO training
-(Ray Train + DeepSpeed on CPU) -> serve the policy before and after on the CPU app -> evaluate both on
-held-out problems through the ``openai`` client -> ``<run>/demo/report.md`` with the accuracy change, the
-pairs made, how often the localizers agree, and plots.
+warm-up (a tiny policy trained here, cached in ``<run>/policy``) -> the policy served with
+``ray.serve.llm`` (vLLM's CPU build), which answers collect, localize (the exact verifier labels; Monte
+Carlo rollouts run beside it for comparison), rectify and the "before" evaluation -> Step-DPO training
+(Ray Train + DeepSpeed on CPU) -> the trained model served and evaluated -> ``<run>/demo/report.md``
+with the accuracy change, the pairs made, how often the localizers agree, and plots. Serving the policy
+once costs one vLLM start instead of one per stage (tens of seconds each on a small CPU).
 
 Every step is the project's real stage function on its real config section; the demo only chooses
 sizes that fit a laptop. A rerun resumes: each stage skips the work already in the run folder.
@@ -13,15 +14,18 @@ sizes that fit a laptop. A rerun resumes: each stage skips the work already in t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from raystep.cli import add_config_arguments
 from raystep.config import DataConfig, RunConfig, load_config
+from raystep.local_ray import ensure_ray
 from raystep.runs import RunDir, timed_stage
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -57,20 +61,25 @@ def demo_overrides(size: str, port: int) -> list[str]:
         "data.source=synth",
         "data.split=train",
         f"data.limit={s['train_problems']}",
-        "sampling.engine=hf",
+        f"data.synth.policy.steps={s['warmup_steps']}",
+        "sampling.engine=vllm",
+        "engine.device=auto",
+        "engine.max_model_len=512",
+        "engine.cpu_kv_cache_gib=1",
         f"sampling.n={s['samples']}",
         "sampling.temperature=0.8",
         "sampling.top_p=0.95",
-        "sampling.max_new_tokens=80",
+        "sampling.max_new_tokens=160",
         "sampling.batch_size=64",
+        "sampling.concurrency=2",  # two light request actors keep the served policy busy between batches
         "sampling.shard_size=64",
         "localize.methods=[verifier, rollout]",
         "localize.combine=first",
         "localize.verifier=arithmetic",
         f"localize.rollout.num_rollouts={s['rollouts']}",
-        "localize.rollout.max_new_tokens=80",
+        "localize.rollout.max_new_tokens=160",
         f"rectify.n={s['rectify_n']}",
-        "rectify.max_new_tokens=80",
+        "rectify.max_new_tokens=160",
         "rectify.max_pairs_per_sample=1",
         "train.mode=stepdpo",
         "train.beta=0.5",
@@ -88,29 +97,22 @@ def demo_overrides(size: str, port: int) -> list[str]:
         "train.max_prompt_length=192",
         "train.pack_tokens=1024",
         "train.checkpoint_every_steps=1000",
-        "serve.engine=hf",
         "serve.host=127.0.0.1",
         f"serve.port={port}",
-        "serve.max_batch_size=32",
         "eval.api=completions",
         "eval.template=plain",
         "eval.temperature=0.0",
-        "eval.max_tokens=96",
+        "eval.max_tokens=160",
         "eval.concurrency=16",
         f"eval.limit={s['test_problems']}",
     ]
 
 
 def policy_settings(config: RunConfig, size: str):
-    from raystep.synth.policy import PolicySettings
-    from raystep.synth.world import spec_from_config
+    """The warm-up of ``data.synth.policy`` (the demo's size sets its steps; ``--set`` wins)."""
+    from raystep.synth.policy import settings_from_config
 
-    return PolicySettings(
-        template=config.model.template,
-        steps=SIZES[size]["warmup_steps"],
-        seed=config.data.synth.seed,
-        world=spec_from_config(config.data),
-    )
+    return settings_from_config(config)
 
 
 def test_problems(config: RunConfig) -> list[dict[str, Any]]:
@@ -121,21 +123,6 @@ def test_problems(config: RunConfig) -> list[dict[str, Any]]:
     return load_problems(data)
 
 
-def ensure_ray() -> None:
-    """A local Ray of our own (``address="local"``): never attach to a cluster someone else started here."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(
-            address="local",
-            num_cpus=max(4, os.cpu_count() or 2),
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}},
-        )
-
-
 def weights_fingerprint(model_dir: str | os.PathLike[str]) -> str:
     """A short hash of a model folder's weights: which model answered is part of an evaluation's identity."""
     digest = hashlib.sha1()
@@ -144,32 +131,100 @@ def weights_fingerprint(model_dir: str | os.PathLike[str]) -> str:
     return digest.hexdigest()[:10]
 
 
+def eval_config(config: RunConfig, model_dir: str, label: str) -> RunConfig:
+    """The config of one held-out evaluation: its folder is named by ``label`` and the weights."""
+    cfg = config.model_copy(deep=True)
+    cfg.serve.model = str(model_dir)
+    cfg.eval.name = f"{label}-{weights_fingerprint(model_dir)}"
+    cfg.eval.model = cfg.serve.model_id
+    return cfg
+
+
+def eval_folder(cfg: RunConfig) -> Path:
+    return RunDir.from_config(cfg).stage("eval") / str(cfg.eval.name) / "synth"
+
+
+def pending_evaluation(config: RunConfig, model_dir: str, label: str, problems: list[dict[str, Any]]) -> int:
+    from raystep.evaluate.benchmark import pending_requests
+
+    cfg = eval_config(config, model_dir, label)
+    return pending_requests(cfg.eval, "synth", eval_folder(cfg), problems)
+
+
+def data_stages_done(prior: dict[str, Any], config: RunConfig) -> bool:
+    """Whether an earlier run of this folder finished collect, localize and rectify with these settings."""
+    stages = prior.get("stages", {})
+    if any((stages.get(s) or {}).get("status") != "done" for s in ("collect", "localize", "rectify")):
+        return False
+    recorded = prior.get("config") or {}
+    now = config.model_dump(mode="json")
+    return all(recorded.get(k) == now.get(k) for k in ("data", "localize", "rectify")) and (
+        recorded.get("model", {}).get("path") == now["model"]["path"]
+    )
+
+
+@contextlib.contextmanager
+def policy_server(config: RunConfig, policy_dir: str, needed: bool, timed: Any) -> Iterator[str | None]:
+    """``ray.serve.llm`` serving the policy while the data stages and the first evaluation run."""
+    from raystep.serve import run as serve_run
+
+    if not needed:
+        yield None
+        return
+    cfg = eval_config(config, policy_dir, "before")
+    url = timed("serve policy", serve_run.start, cfg)
+    try:
+        yield url
+    finally:
+        serve_run.shutdown()
+
+
+def served_config(config: RunConfig, url: str | None) -> RunConfig:
+    """The data stages' config: sampling (and rollouts) through the served policy."""
+    cfg = config.model_copy(deep=True)
+    cfg.sampling.engine = "endpoint"
+    cfg.sampling.endpoint.base_url = url or cfg.sampling.endpoint.base_url
+    cfg.sampling.endpoint.model = cfg.serve.model_id
+    cfg.sampling.endpoint.api_key_env = cfg.serve.api_key_env
+    return cfg
+
+
 def evaluate_model(
-    config: RunConfig, model_dir: str, label: str, problems: list[dict[str, Any]], progress: bool = True
+    config: RunConfig,
+    model_dir: str,
+    label: str,
+    problems: list[dict[str, Any]],
+    progress: bool = True,
+    url: str | None = None,
 ) -> dict:
-    """Serve ``model_dir`` on the CPU app, evaluate it through the openai client, stop serving.
+    """Evaluate ``model_dir`` through the openai client: at ``url`` when it is served already, else served
+    with ``ray.serve.llm`` for this evaluation alone.
 
     The folder is named by ``label`` and the weights' fingerprint, so a rerun with the same weights
     resumes and a retrained model (say, another ``--set train.beta``) is evaluated afresh.
     """
-    from raystep.evaluate.benchmark import evaluate_benchmark
+    from raystep.evaluate.benchmark import evaluate_benchmark, pending_requests
     from raystep.grading import Grader
     from raystep.serve import run as serve_run
 
-    cfg = config.model_copy(deep=True)
-    cfg.serve.model = str(model_dir)
-    cfg.eval.name = f"{label}-{weights_fingerprint(model_dir)}"
-    out = RunDir.from_config(cfg).stage("eval") / cfg.eval.name / "synth"
-    url = serve_run.start(cfg)
+    cfg = eval_config(config, model_dir, label)
+    out = eval_folder(cfg)
+    todo = pending_requests(cfg.eval, "synth", out, problems)
+    own_server = bool(todo) and url is None  # a rerun whose answers are all there needs no server
+    if own_server:
+        url = serve_run.start(cfg)
+    cfg.eval.base_url = url or cfg.eval.base_url
     try:
-        serve_run.wait_healthy(url, timeout_s=120)
-        cfg.eval.base_url = url
-        cfg.eval.model = cfg.serve.model_id
         with Grader(workers=1, timeout_s=5.0) as grader:
             summary = evaluate_benchmark(cfg.eval, "synth", out, problems, grader, progress)
     finally:
-        serve_run.shutdown()
-    return {"folder": str(out), **{k: summary[k] for k in ("accuracy", "ci95", "problems")}}
+        if own_server:
+            serve_run.shutdown()
+    return {
+        "folder": str(out),
+        "resumed_all": todo == 0,
+        **{k: summary[k] for k in ("accuracy", "ci95", "problems")},
+    }
 
 
 def plot_overview(path: Path, before: dict, after: dict, loc: dict) -> Path:
@@ -231,12 +286,45 @@ def render_report(report: dict[str, Any]) -> str:
             else "n/a"
         ),
         f"- Step-DPO pairs made: {pairs}",
-        "- timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()),
+        "- timings (s): "
+        + ", ".join(
+            f"{k} {v:.0f}" + (" (resumed)" if k in report.get("resumed", ()) else "")
+            for k, v in report["seconds"].items()
+        ),
         "",
         "![overview](overview.png)",
         "",
     ]
     return "\n".join(lines)
+
+
+def train_once(config: RunConfig) -> dict[str, Any]:
+    """``raystep train``, unless this run folder already holds the model these pairs and settings make."""
+    from raystep.train import run as train_run
+
+    entry = RunDir.from_config(config).read_manifest().get("stages", {}).get("train") or {}
+    model = Path(entry.get("model_dir") or "") / "model.safetensors"
+    if (
+        entry.get("status") == "done"
+        and model.is_file()
+        and entry.get("training_digest") == train_run.training_digest(config)
+    ):
+        return {**entry, "already_trained": True}
+    return train_run.run(config)
+
+
+def did_nothing(step: str, result: Any) -> bool:
+    """Whether a demo step found all its work already in the run folder (a rerun resumes)."""
+    if step == "warm-up":
+        return bool(result[1].get("cached"))
+    counters = {"collect": "problems_todo", "localize": "todo", "rectify": "samples_todo"}
+    if step in counters:
+        return result.get(counters[step], 1) == 0
+    if step == "train":
+        return bool(result.get("already_trained"))
+    if step.startswith("eval"):
+        return bool(result.get("resumed_all"))
+    return False
 
 
 def _paired(before_folder: str, after_folder: str, out: Path) -> dict[str, Any]:
@@ -258,18 +346,27 @@ def run(config: RunConfig, size: str = "full", progress: bool = True) -> dict[st
     from raystep.evaluate.run import BENCHMARKS  # noqa: F401  (fail early if evaluation is missing)
     from raystep.stages import collect, localize, rectify
     from raystep.synth.policy import ensure_policy
-    from raystep.train import run as train_run
 
     run_dir = RunDir.from_config(config)
+    prior = run_dir.read_manifest()  # what an earlier run of this folder did, before this one records
     run_dir.record_config(config)
+    first_run = (prior.get("stages", {}).get("demo") or {}).get("seconds") or {}
     seconds: dict[str, float] = {}
+    resumed: list[str] = []
 
     def timed(name: str, fn, *args):
+        """Run one step; a step that found its work already done reports the time of the run that did it."""
         start = time.time()
         print(f"[demo] {name} ...", flush=True)
         result = fn(*args)
-        seconds[name] = round(time.time() - start, 1)
-        print(f"[demo] {name} done in {seconds[name]:.0f} s", flush=True)
+        elapsed = round(time.time() - start, 1)
+        if did_nothing(name, result) and name in first_run:
+            seconds[name] = first_run[name]
+            resumed.append(name)
+            print(f"[demo] {name}: already done (resumed; it took {seconds[name]:.0f} s)", flush=True)
+        else:
+            seconds[name] = elapsed
+            print(f"[demo] {name} done in {elapsed:.0f} s", flush=True)
         return result
 
     settings = policy_settings(config, size)
@@ -279,18 +376,26 @@ def run(config: RunConfig, size: str = "full", progress: bool = True) -> dict[st
     config = config.model_copy(deep=True)
     config.model.path = str(policy_dir)
     ensure_ray()
-    collected = timed("collect", collect.run, config)
-    localized = timed("localize", localize.run, config)
-    rectified = timed("rectify", rectify.run, config)
+    problems = test_problems(config)
+    # One served policy answers collect, rollouts, rectify and the "before" evaluation: one engine start.
+    needed = not data_stages_done(prior, config) or bool(
+        pending_evaluation(config, str(policy_dir), "before", problems)
+    )
+    with policy_server(config, str(policy_dir), needed, timed) as url:
+        sampled = served_config(config, url)
+        collected = timed("collect", collect.run, sampled)
+        localized = timed("localize", localize.run, sampled)
+        rectified = timed("rectify", rectify.run, sampled)
+        before = timed(
+            "eval before", evaluate_model, config, str(policy_dir), "before", problems, progress, url
+        )
     pairs_file = run_dir.path / "pairs" / "pairs.jsonl"
     n_pairs = (
         sum(1 for line in pairs_file.read_text().splitlines() if line.strip()) if pairs_file.exists() else 0
     )
     if n_pairs == 0:
         raise RuntimeError(f"rectify made no pairs (stats: {rectified}); nothing to train on")
-    trained = timed("train", train_run.run, config)
-    problems = test_problems(config)
-    before = timed("eval before", evaluate_model, config, str(policy_dir), "before", problems, progress)
+    trained = timed("train", train_once, config)
     after = timed("eval after", evaluate_model, config, trained["model_dir"], "after", problems, progress)
     out = run_dir.stage("demo")
     report = {
@@ -315,6 +420,7 @@ def run(config: RunConfig, size: str = "full", progress: bool = True) -> dict[st
         "after": after,
         "compare": _paired(before["folder"], after["folder"], out / "compare"),
         "seconds": seconds,
+        "resumed": resumed,
     }
     plot_overview(out / "overview.png", before, after, report["localize"])
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -342,5 +448,10 @@ def main(args: argparse.Namespace) -> int:
     started = time.time()
     report = run(config, size, progress=not args.no_progress)
     print(render_report(report))
+    from raystep.report import refresh_report
+
+    page = refresh_report(report["run_dir"])
     print(f"report: {report['run_dir']}/demo/report.md ({time.time() - started:.0f} s in all)")
+    if page:
+        print(f"open the run in a browser: {page}")
     return 0

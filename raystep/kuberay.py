@@ -17,6 +17,7 @@ from raystep.config import RunConfig
 RAY_VERSION = "2.60.0"
 RUNS_MOUNT = "/mnt/runs"
 SECRET_NAME = "raystep-keys"
+SERVE_PORT = 8000
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,25 @@ def rayservice(shape: ClusterShape, config: RunConfig) -> dict[str, Any]:
             "rayClusterConfig": cluster_spec(shape),
         },
     }
+
+
+def serve_url(service_name: str, namespace: str | None = None) -> str:
+    """The in-cluster OpenAI base URL of a RayService: KubeRay names its Serve Service ``<name>-serve-svc``."""
+    host = f"{service_name}-serve-svc" + (f".{namespace}.svc" if namespace else "")
+    return f"http://{host}:{SERVE_PORT}/v1"
+
+
+def judge_rayservice(shape: ClusterShape, config: RunConfig) -> dict[str, Any]:
+    """A RayService serving the open judge of ``localize.judge.serve`` with ``ray.serve.llm``.
+
+    The policy's RayService built from ``raystep.serve.llm.judge_run_config`` (the judge's serve and engine
+    sections), so its ``serveConfigV2`` equals ``raystep serve --judge --emit-config``; on a pod-network
+    bind the ingress checks the key named by ``api_key_env``, read from the Secret on the node. The
+    pipeline reaches it at :func:`serve_url`.
+    """
+    from raystep.serve.llm import judge_run_config
+
+    return rayservice(shape, judge_run_config(config))
 
 
 def storage_claim(shape: ClusterShape, size: str = "4Ti") -> dict[str, Any]:

@@ -79,6 +79,7 @@ class RunDir:
         with self._locked():
             data = self.read_manifest()
             data.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
+            data["run_dir"] = str(self.path)  # absolute: the config resolved it at load
             data["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             target = data.setdefault("stages", {}).setdefault(stage, {}) if stage else data
             target.update(fields)
@@ -89,9 +90,7 @@ class RunDir:
 
     def record_config(self, config: RunConfig) -> None:
         """Write the resolved config and library versions into the manifest."""
-        self.update_manifest(
-            run_dir=config.run_dir, config=config.model_dump(mode="json"), versions=library_versions()
-        )
+        self.update_manifest(config=config.model_dump(mode="json"), versions=library_versions())
 
 
 @contextlib.contextmanager

@@ -7,6 +7,14 @@ completion without choices, a reply with no verdict in it, and a non-retryable 4
 by a substring of the last user message and consumed in order, so a test decides exactly which row
 fails how many times. Every request is logged (time, key, outcome) and the peak number of requests in
 flight is tracked, so tests can check concurrency, pacing and that a rerun makes no request at all.
+
+Structured outputs: a request with ``response_format: {"type": "json_schema", ...}`` is answered the way
+a structured-output server answers it, with JSON that follows the request's schema (checked with
+``jsonschema`` before it is sent), built from the verdict a scripted reply carries (:class:`Reply`):
+however the free text is worded, the schema reply states the same labels. A responder that returns a
+plain string is answered in that free text (a server that ignores ``response_format``), and
+``structured_outputs=False`` makes the fake refuse schema requests with HTTP 400, as a model without
+structured outputs does.
 """
 
 from __future__ import annotations
@@ -21,6 +29,39 @@ from typing import Any
 FAULTS = ("429", "500", "503", "timeout", "malformed", "nochoices", "garbage", "400")
 
 Responder = Callable[[dict[str, Any]], str]
+
+
+class Reply(str):
+    """A scripted reply: the free text, plus the per-step labels it states (for schema replies)."""
+
+    labels: list[str]
+
+    def __new__(cls, text: str, labels: list[str]) -> Reply:
+        obj = super().__new__(cls, text)
+        obj.labels = list(labels)
+        return obj
+
+
+def schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a request asks the reply to follow (OpenAI ``response_format``), if any."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") != "json_schema":
+        return None
+    return (fmt.get("json_schema") or {}).get("schema")
+
+
+def schema_reply(reply: Reply, schema: dict[str, Any]) -> str:
+    """The verdict of ``reply`` as JSON in the request's schema, validated against it: every step the
+    schema names gets a label (after the first wrong step the judge's labels no longer count: incorrect)."""
+    import jsonschema
+
+    keys = list(schema["properties"]["steps"]["properties"])
+    labels = reply.labels + ["incorrect"] * (len(keys) - len(reply.labels))
+    first = next((k for k, lab in enumerate(labels, 1) if lab != "correct"), 0)
+    full = {"analysis": str(reply), "steps": dict(zip(keys, labels, strict=False)), "first_wrong_step": first}
+    obj = {k: v for k, v in full.items() if k in schema.get("properties", {})}
+    jsonschema.validate(obj, schema)
+    return json.dumps(obj)
 
 
 def last_user_text(body: dict[str, Any]) -> str:
@@ -39,8 +80,10 @@ class FakeOpenAI:
         faults: dict[str, list[str]] | None = None,
         timeout_sleep_s: float = 2.0,
         latency_s: float = 0.0,
+        structured_outputs: bool = True,
     ):
         self.responder = responder
+        self.structured_outputs = structured_outputs
         self.faults = {k: list(v) for k, v in (faults or {}).items()}
         for kinds in self.faults.values():
             bad = [k for k in kinds if k not in FAULTS]
@@ -137,6 +180,7 @@ class FakeOpenAI:
                         "outcome": (fault or "ok") if route_ok else "404",
                         "model": body.get("model"),
                         "auth": handler.headers.get("Authorization"),
+                        "schema": schema_of(body) is not None,
                     }
                 )
             if not route_ok:
@@ -151,6 +195,13 @@ class FakeOpenAI:
                 self.in_flight -= 1
 
     def _reply(self, body: dict[str, Any], fault: str | None) -> tuple[int, bytes, dict[str, str]]:
+        schema = schema_of(body)
+        if schema is not None and not self.structured_outputs:
+            message = (
+                "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model."
+            )
+            payload = json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode()
+            return 400, payload, {}
         if fault in ("429", "500", "503", "400"):
             message = {
                 "429": "rate limited",
@@ -170,6 +221,8 @@ class FakeOpenAI:
         if fault == "timeout":
             time.sleep(self.timeout_sleep_s)
         content = "I am not sure how to grade this." if fault == "garbage" else self.responder(body)
+        if schema is not None and isinstance(content, Reply):
+            content = schema_reply(content, schema)
         usage = {
             "prompt_tokens": sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or []),
             "completion_tokens": len(content.split()),
@@ -188,24 +241,46 @@ class FakeOpenAI:
         return 200, json.dumps(completion).encode(), {}
 
 
-def verdict_reply(first_wrong: int, num_steps: int, style: str = "lines") -> str:
+STYLES = ("lines", "markdown", "json", "prose")
+"""Free-text verdicts the text parser reads."""
+DECISION_STYLES = ("final", "final-bold", "final-lines", "summary", "final-bullets", "final-lower")
+"""Replies to the paper's prompt: an analysis, then its ``Final Decision`` in wordings the paper's own
+parser (Step-DPO's ``prepare_for_correction.py``) reads."""
+VAGUE_STYLES = ("vague", "refusal")
+"""Free text naming no step label: no text parser can read it (a schema reply still states the labels)."""
+
+
+def verdict_labels(first_wrong: int, num_steps: int, style: str = "lines") -> list[str]:
+    """The labels a reply of ``style`` states: correct up to ``first_wrong``, which is incorrect (neutral
+    in some styles), and nothing after it; every step correct when ``first_wrong`` is 0."""
+    last = first_wrong if first_wrong else num_steps
+    labels = ["correct"] * (last - 1) + (["incorrect"] if first_wrong else ["correct"])
+    if first_wrong and first_wrong % 2 == 0 and style in ("markdown", "final-bold", "summary"):
+        labels[-1] = "neutral"
+    return labels
+
+
+def verdict_reply(first_wrong: int, num_steps: int, style: str = "lines") -> Reply:
     """A judge-like reply marking steps 1..first_wrong-1 correct and ``first_wrong`` incorrect (0: all correct).
 
     Styles imitate what real models write: ``lines`` (``Step 2: correct - ...``), ``markdown``
-    (``**Step 2** - Neutral``), ``json`` (a fenced JSON list of objects), ``prose``.
+    (``**Step 2** - Neutral``), ``json`` (a fenced JSON list of objects), ``prose``; the paper's
+    ``Final Decision`` wordings (:data:`DECISION_STYLES`); and :data:`VAGUE_STYLES`, which state no label.
+    The returned :class:`Reply` carries the labels, so a schema request gets the same verdict as JSON.
     """
-    last = first_wrong if first_wrong else num_steps
-    labels = ["correct"] * (last - 1) + (["incorrect"] if first_wrong else ["correct"])
+    labels = verdict_labels(first_wrong, num_steps, style)
+    return Reply(_render(labels, first_wrong, style), labels)
+
+
+def _render(labels: list[str], first_wrong: int, style: str) -> str:
     if style == "lines":
         lines = [f"Step {k}: {lab} - checked." for k, lab in enumerate(labels, 1)]
         return "\n".join(lines) + ("" if first_wrong else "\nAll steps are correct.")
     if style == "markdown":
-        out = []
-        for k, lab in enumerate(labels, 1):
-            shown = "Neutral" if lab == "incorrect" and k % 2 == 0 else lab.capitalize()
-            out.append(
-                f"**Step {k}** - {shown}: the reasoning here is {'fine' if lab == 'correct' else 'off'}."
-            )
+        out = [
+            f"**Step {k}** - {lab.capitalize()}: the reasoning here is {'fine' if lab == 'correct' else 'off'}."
+            for k, lab in enumerate(labels, 1)
+        ]
         return "Here is my review.\n\n" + "\n".join(out)
     if style == "json":
         items = [{"step": k, "label": lab} for k, lab in enumerate(labels, 1)]
@@ -215,4 +290,30 @@ def verdict_reply(first_wrong: int, num_steps: int, style: str = "lines") -> str
             return "I checked every step. All steps are correct, and the answer follows."
         lead = f"Steps 1 to {first_wrong - 1} look fine. " if first_wrong > 1 else ""
         return lead + f"In Step {first_wrong} the student makes an error when computing the total."
+    if style in DECISION_STYLES:
+        analysis = (
+            "Analysis: Step 1 restates the problem and computes the first amount; "
+            + (
+                f"step {first_wrong} goes wrong when it combines the amounts."
+                if first_wrong
+                else "the rest follows."
+            )
+            + "\n\n"
+        )
+        items = [f"Step {k}: {lab}" for k, lab in enumerate(labels, 1)]
+        if style == "final":
+            return analysis + "Final Decision:\n" + "; ".join(items)
+        if style == "final-bold":
+            return analysis + "**Final Decision:**\n" + "; ".join(items) + "."
+        if style == "final-lines":
+            return analysis + "Final Decision:\n" + "\n".join(items)
+        if style == "summary":
+            return analysis + "Summary Decision: " + "; ".join(i.replace("Step", "step") for i in items)
+        if style == "final-bullets":
+            return analysis + "Final decision:\n" + "\n".join(f"- {i.capitalize()}" for i in items)
+        return analysis + "final decision: " + "; ".join(i.lower() for i in items)
+    if style == "vague":
+        return "The reasoning drifts somewhere in the middle; the final number does not follow."
+    if style == "refusal":
+        return "I would rather not grade this solution."
     raise ValueError(style)

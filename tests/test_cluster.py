@@ -119,7 +119,8 @@ def test_rayservice_serve_config_equals_raystep_serve_emit(tmp_path):
     embedded = yaml.safe_load(doc["spec"]["serveConfigV2"])
     overrides = SERVE_OVERRIDES
     assert embedded["applications"][0]["args"]["ingress_cls_config"]["ingress_extra_kwargs"] == {
-        "api_key_env": "RAYSTEP_API_KEY"
+        "api_key_env": "RAYSTEP_API_KEY",
+        "require_key": True,
     }, "a pod-network bind must check the API key"
     emitted = tmp_path / "serve.yaml"
     out = subprocess.run(
@@ -128,8 +129,6 @@ def test_rayservice_serve_config_equals_raystep_serve_emit(tmp_path):
             "-m",
             "raystep.cli",
             "serve",
-            "--engine",
-            "vllm",
             "--config",
             CONFIG_7B,
             "--set",
@@ -148,3 +147,77 @@ def test_rayservice_serve_config_equals_raystep_serve_emit(tmp_path):
     from ray.serve.schema import ServeDeploySchema
 
     ServeDeploySchema.model_validate(embedded)
+
+
+def test_open_judge_is_served_next_to_the_pipeline_and_keyed_from_the_secret(tmp_path):
+    """The judge RayService serves the model localize asks for, at the URL localize calls, as `raystep
+    serve --judge` would; both sides read the key localize sends (and the ingress checks) from the Secret."""
+    sys.path.insert(0, str(REPO / "jobs"))
+    from render_cluster import CONFIG_OPEN_JUDGE, JUDGE_SERVICE
+
+    from raystep.config import load_config
+    from raystep.kuberay import RUNS_MOUNT, SECRET_NAME, serve_url
+
+    config = load_config(REPO / CONFIG_OPEN_JUDGE)
+    judge = config.localize.judge
+    assert judge.prompt == "stepdpo" and judge.structured == "json_schema"
+    service = yaml.safe_load((REPO / "cluster" / "rayservice-judge.yaml").read_text())
+    assert service["metadata"]["name"] == JUDGE_SERVICE
+    assert judge.base_url == serve_url(JUDGE_SERVICE)
+    embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(embedded)
+    (app,) = embedded["applications"]
+    assert app["import_path"] == "ray.serve.llm:build_openai_app"
+    (llm,) = app["args"]["llm_configs"]
+    assert llm["model_loading_config"] == {"model_id": judge.model, "model_source": judge.serve.model}
+    assert (
+        llm["engine_kwargs"]["tensor_parallel_size"] == 8
+        and len(llm["placement_group_config"]["bundles"]) == 8
+    )
+    assert llm["engine_kwargs"]["structured_outputs_config"]["disable_any_whitespace"] is True
+    assert app["args"]["ingress_cls_config"]["ingress_extra_kwargs"] == {
+        "api_key_env": judge.api_key_env,
+        "require_key": True,
+    }
+    emitted = tmp_path / "judge.yaml"
+    out = subprocess.run(
+        [sys.executable, "-m", "raystep.cli", "serve", "--judge", "--config", CONFIG_OPEN_JUDGE]
+        + ["--set", f"storage.root={RUNS_MOUNT}", "--emit-config", str(emitted)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(emitted.read_text()) == embedded
+    job = yaml.safe_load((REPO / "cluster" / "rayjob-pipeline-7b-open-judge.yaml").read_text())
+    assert f"--config /app/{CONFIG_OPEN_JUDGE}" in job["spec"]["entrypoint"]
+    pods = [
+        service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"],
+        job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"],
+        job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"],
+    ]
+    for pod in pods:
+        (env,) = [e for e in pod["containers"][0]["env"] if e["name"] == judge.api_key_env]
+        assert env["valueFrom"]["secretKeyRef"] == {
+            "name": SECRET_NAME,
+            "key": judge.api_key_env,
+            "optional": True,
+        }
+
+
+def test_judge_serve_section_must_match_the_judge_it_serves():
+    from raystep.config import ConfigError, load_config
+
+    base = REPO / "jobs" / "configs" / "qwen2-7b-open-judge.yaml"
+    with pytest.raises(ConfigError, match="model_id .* must equal localize.judge.model"):
+        load_config(base, ["localize.judge.model=another-judge"])
+    with pytest.raises(ConfigError, match="the key sent is the key checked"):
+        load_config(base, ["localize.judge.api_key_env=OPENAI_API_KEY"])
+    from raystep.kuberay import ClusterShape, judge_rayservice
+
+    with pytest.raises(ValueError, match="no open judge"):
+        judge_rayservice(
+            ClusterShape(name="x"), load_config(REPO / "jobs" / "configs" / "qwen2-7b-instruct.yaml")
+        )

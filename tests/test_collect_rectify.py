@@ -1,4 +1,8 @@
-"""collect and rectify on a real local Ray with the hf engine and a tiny model taught one solution.
+"""collect and rectify on a real local Ray with a tiny model taught one solution.
+
+These tests exercise the stages' own logic (shards, resume after a kill in each phase, pair building)
+many times over, so they run the small ``hf`` fallback engine, which starts in a second; the same stages
+on vLLM, the default engine, are run end to end in ``tests/test_vllm_pipeline.py``.
 
 The tiny Qwen2 is trained here for a few seconds to reproduce one step-formatted solution (answer 12)
 whatever the question, so verdicts are meaningful: problems whose gold is 12 are solved, those whose
@@ -86,6 +90,7 @@ def make_config(root: Path, name: str, model: Path, problems: Path, *extra: str)
             f"model.template={TEMPLATE}",
             "data.source=jsonl",
             f"data.path={problems}",
+            "sampling.engine=hf",
             "sampling.n=2",
             "sampling.temperature=0.7",
             "sampling.max_new_tokens=60",

@@ -76,9 +76,8 @@ def test_relative_paths_become_absolute_at_load(tmp_path: Path, monkeypatch: pyt
 
 def test_tiny_cpu_runs_on_a_laptop() -> None:
     c = load_config(CONFIGS / "tiny-cpu.yaml")
-    assert c.sampling.engine == "hf" and c.serve.engine == "hf"
+    assert c.sampling.engine == "vllm" and c.engine.device == "cpu"
     assert c.train.use_gpu is False and c.train.zero_stage in (2, 3) and c.train.num_workers == 2
-    assert c.sampling.num_gpus_per_replica == 0
     assert c.data.limit is not None and c.data.limit <= 16 and c.sampling.n <= 8
     assert "judge" not in c.localize.methods  # no API key needed
     assert c.serve.host == "127.0.0.1"
@@ -240,7 +239,7 @@ def test_raystep_config_cli() -> None:
     assert ok.returncode == 0, ok.stderr
     resolved = yaml.safe_load(ok.stdout)
     assert resolved["train"]["beta"] == 0.25 and resolved["data"]["limit"] == 3
-    assert resolved["sampling"]["engine"] == "hf"
+    assert resolved["sampling"]["engine"] == "vllm"
     assert set(resolved) == set(RunConfig.model_fields)  # every section, defaults filled in
 
     bad = _raystep("config", "--config", "jobs/configs/tiny-cpu.yaml", "--set", "train.betta=0.25")

@@ -1,6 +1,6 @@
-"""Generation engines: the row contract, reproducible per-row seeds, the hf engine on a real local Ray,
-and the vLLM path's processor config and pre/post-processing (vLLM itself cannot run here: no GPU, not
-installed; its config class from ``ray.data.llm`` is constructed for real)."""
+"""Generation engines: the row contract, reproducible per-row seeds, the hf fallback on a real local Ray,
+and the vLLM path: its processor config for GPU and CPU, pre/post-processing, and ``ray.data.llm``'s
+processor really running vLLM's CPU build, checked against the hf engine's greedy answers."""
 
 from __future__ import annotations
 
@@ -138,10 +138,10 @@ def test_hf_engine_on_ray_data_matches_direct_calls_and_keeps_failed_rows(ray_lo
     assert [r["num_generated_tokens"] for r in good] == [d["num_generated_tokens"] for d in direct]
 
 
-# -- vLLM path, without vLLM -------------------------------------------------------------------------
+# -- vLLM path -------------------------------------------------------------------------------------
 
 
-def test_vllm_processor_config_from_the_run_config():
+def test_vllm_processor_config_for_gpus_from_the_run_config():
     from ray.data.llm import vLLMEngineProcessorConfig
 
     cfg = load_config(
@@ -149,10 +149,11 @@ def test_vllm_processor_config_from_the_run_config():
         [
             "sampling.engine=vllm",
             "model.path=Qwen/Qwen2-7B-Instruct",
-            "sampling.tensor_parallel_size=4",
+            "engine.device=cuda",
+            "engine.tensor_parallel_size=4",
+            "engine.max_model_len=4096",
             "sampling.concurrency=2",
             "sampling.batch_size=64",
-            "sampling.max_model_len=4096",
         ],
     )
     proc = vllm_engine.build_processor_config(cfg)
@@ -161,22 +162,37 @@ def test_vllm_processor_config_from_the_run_config():
     assert proc.engine_kwargs["enable_prefix_caching"] is True
     assert proc.engine_kwargs["tensor_parallel_size"] == 4
     assert proc.engine_kwargs["max_model_len"] == 4096
+    assert "distributed_executor_backend" not in proc.engine_kwargs
+    assert proc.placement_group_config["bundles"] == [{"GPU": 1, "CPU": 1}] * 4
     assert proc.batch_size == 64 and tuple(proc.concurrency) == (2, 2)
     assert proc.should_continue_on_error is True
     assert proc.chat_template_stage is False  # prompts arrive templated
-    off = load_config(None, ["sampling.enable_prefix_caching=false"])
+    off = load_config(None, ["engine.enable_prefix_caching=false", "engine.device=cuda"])
     assert vllm_engine.processor_config_kwargs(off)["engine_kwargs"]["enable_prefix_caching"] is False
 
 
-def test_vllm_processor_and_lazy_pipeline_build_without_vllm(ray_local, tiny_model):
-    """The real ``build_processor`` builds (vLLM is needed only to run it): stages, engine kwargs,
+def test_vllm_processor_config_for_cpus_comes_from_the_same_code():
+    cfg = load_config(None, ["engine.device=cpu", "engine.cpu_kv_cache_gib=3", "model.dtype=auto"])
+    kwargs = vllm_engine.processor_config_kwargs(cfg)
+    assert kwargs["engine_kwargs"]["dtype"] == "float32" and kwargs["engine_kwargs"]["enforce_eager"] is True
+    assert kwargs["engine_kwargs"]["distributed_executor_backend"] == "mp"
+    assert kwargs["placement_group_config"] == {"bundles": [{"CPU": 1.0}]}
+    assert kwargs["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    # auto: no GPU in this Ray cluster (or, without Ray, on this machine) means the CPU build
+    auto = load_config(None, ["engine.device=auto"])
+    assert vllm_engine.processor_config_kwargs(auto)["engine_kwargs"]["distributed_executor_backend"] == "mp"
+
+
+def test_vllm_processor_and_lazy_pipeline_build_for_a_gpu_cluster(ray_local, tiny_model):
+    """The real ``build_processor`` builds for GPUs (nothing runs yet): stages, engine kwargs,
     replicas, and the lazy Dataset plan ``build_generator`` returns for ``engine: vllm``."""
     cfg = load_config(
         None,
         [
             f"model.path={tiny_model}",
             "sampling.engine=vllm",
-            "sampling.tensor_parallel_size=2",
+            "engine.device=cuda",
+            "engine.tensor_parallel_size=2",
             "sampling.concurrency=3",
             "sampling.batch_size=32",
         ],
@@ -239,6 +255,52 @@ def test_vllm_pre_and_postprocess_keep_the_row_contract():
     assert final["prompt"] == "Solve: 1+1" and "__inference_error__" not in final
     ok = vllm_engine.finalize_vllm_row({**post, "__inference_error__": ""})
     assert ok == post
+
+
+@pytest.mark.slow
+def test_vllm_engine_runs_on_cpu_keeps_the_contract_and_agrees_with_hf_greedy(
+    ray_local, tiny_model, generator
+):
+    """``ray.data.llm``'s processor on vLLM's CPU build: fan-out rows with their own seeds, a failed row
+    kept with its error, seeded samples that repeat, and greedy text equal to the hf engine's."""
+    cfg = load_config(
+        None,
+        [
+            f"model.path={tiny_model}",
+            "sampling.engine=vllm",
+            "engine.device=cpu",
+            "engine.max_model_len=256",
+            "engine.cpu_kv_cache_gib=1",
+            "sampling.batch_size=8",
+            "sampling.max_new_tokens=12",
+            "sampling.seed=11",
+        ],
+    )
+    greedy = {**sampling_defaults(cfg), "temperature": 0.0}
+    rows = []
+    for i, prompt in enumerate(PROMPTS):
+        rows += base.fan_out({"id": f"s{i}", "prompt": prompt, "keep": i}, 2, sampling_defaults(cfg))
+        rows += base.fan_out({"id": f"g{i}", "prompt": prompt, "keep": i}, 1, greedy)
+    bad = {"id": "bad", "prompt": "x", "keep": -1, "sample_index": 0, "seed": 1, "sampling": sampling(1)}
+    bad["sampling"]["max_new_tokens"] = 10_000  # beyond the engine's context: a generation error
+    out = build_generator(cfg)(ray_local.data.from_items([*rows, bad])).take_all()
+    assert len(out) == len(rows) + 1
+    for row in out:
+        base.check_output_row(row)
+    by_key = {(r["id"], r["sample_index"]): r for r in out}
+    failed = by_key[("bad", 0)]
+    assert failed["finish_reason"] == "error" and failed["generation_error"]
+    assert failed["prompt"] == "x" and failed["keep"] == -1  # kept whole, with its pass-through columns
+    good = [r for r in out if r["id"] != "bad"]
+    assert all(r["generation_error"] is None and r["num_generated_tokens"] > 0 for r in good)
+    assert {r["keep"] for r in good} == set(range(4))
+    # two samples of one prompt differ: each row draws with its own seed
+    assert by_key[("s0", 0)]["generated_text"] != by_key[("s0", 1)]["generated_text"]
+    # greedy: vLLM and transformers give the same text, token for token
+    direct = generator.generate(PROMPTS, {**greedy, "seed": 0})
+    vllm_greedy = [by_key[(f"g{i}", 0)] for i in range(4)]
+    assert [r["generated_text"] for r in vllm_greedy] == [d["generated_text"] for d in direct]
+    assert [r["num_generated_tokens"] for r in vllm_greedy] == [d["num_generated_tokens"] for d in direct]
 
 
 # -- grading stage (the actor's code, called in-process) -------------------------------------------

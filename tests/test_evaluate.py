@@ -244,7 +244,7 @@ def test_ray_data_path_gives_the_same_outputs(
 
 
 @pytest.mark.slow
-def test_end_to_end_against_the_cpu_serve_app(
+def test_end_to_end_against_ray_serve_llm(
     tiny_model: Path, tmp_path: Path, shared_data: Path, ray_local
 ) -> None:
     from raystep.evaluate.run import run as run_eval
@@ -260,6 +260,8 @@ def test_end_to_end_against_the_cpu_serve_app(
             "name=e2e",
             f"serve.model={tiny_model}",
             f"serve.port={port}",
+            "engine.max_model_len=2048",
+            "engine.cpu_kv_cache_gib=1",
             "eval.model=raystep",
             "eval.benchmarks=[gsm8k, math500]",
             "eval.limit=3",

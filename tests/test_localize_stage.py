@@ -302,3 +302,148 @@ def test_localize_bench_rejects_bad_rows_and_names_them(tmp_path, monkeypatch) -
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="pass a local file with --data"):
         load_labelled(None, "gsm8k")
+
+
+def test_localize_bench_compares_judge_prompts_and_the_verifier_on_the_arithmetic_world(
+    tmp_path, capsys
+) -> None:
+    """Two judge prompts and the exact verifier on the same world solutions: the fake judge is right
+    under the paper's prompt and always says step 1 under raystep's, so every number is known."""
+    from fake_openai import FakeOpenAI, last_user_text, verdict_reply
+
+    from raystep.stages.localize_bench import world_rows
+
+    overrides = [
+        "data.source=synth",
+        "data.split=test",
+        "data.limit=12",
+        "localize.methods=[judge, verifier]",
+    ]
+    rows = world_rows(load_config(None, overrides))
+    truth = {r["question"]: r["label"] + 1 for r in rows}  # the verifier's first wrong step
+    assert all(k >= 1 for k in truth.values()) and len(set(truth.values())) > 1  # every one has a slip
+
+    def responder(body: dict[str, Any]) -> str:
+        text = last_user_text(body)
+        if text.startswith("### Problem:\n"):  # the paper's prompt
+            question = text.split("### Problem:\n")[1].split("\n\n### Correct solution:")[0]
+            answer = text.split("### Incorrect answer:\n")[1].split("\n\n---")[0]
+            assert (
+                "The answer is \\boxed{" in text.split("### Correct solution:\n")[1]
+            )  # the world's solution
+            return verdict_reply(truth[question], len(re.findall(r"^Step \d+:", answer, re.M)), "final")
+        question = text.split("### Problem\n")[1].split("\n")[0]
+        return verdict_reply(1, len(re.findall(r"^Step \d+:", text, re.M)), "lines")
+
+    with FakeOpenAI(responder) as server:
+        code = cli_main(
+            ["localize-bench", "--out", str(tmp_path / "bench"), "--judge-prompts", "stepdpo,raystep"]
+            + [x for o in [*overrides, f"localize.judge.base_url={server.url}"] for x in ("--set", o)]
+            + ["--set", "localize.judge.requests_per_second=500", "--set", "localize.judge.structured=off"]
+        )
+        assert code == 0 and server.num_requests == 2 * len(rows)
+    report = json.loads((tmp_path / "bench" / "report.json").read_text())
+    share_step1 = sum(k == 1 for k in truth.values()) / len(rows)
+    per = report["localizers"]
+    assert list(per) == ["judge:stepdpo", "judge:raystep", "verifier"]
+    assert per["verifier"]["accuracy"] == 1.0 and per["judge:stepdpo"]["accuracy"] == 1.0
+    assert per["judge:raystep"]["accuracy"] == pytest.approx(share_step1)
+    assert per["judge:stepdpo"]["parsed_by_final_decision"] == len(rows)
+    assert per["judge:stepdpo"]["unparsed_replies"] == per["judge:raystep"]["unparsed_replies"] == 0
+    agree = report["agreement"]
+    assert agree["names"] == list(per)
+    assert agree["rate"][0] == [1.0, pytest.approx(share_step1), 1.0]
+    assert agree["rate"][1][2] == pytest.approx(share_step1) and agree["both_labelled"][1][2] == len(rows)
+    assert report["n"] == len(rows) and report["acc_wrong"] == 1.0  # combine=first: the stepdpo judge
+    out = capsys.readouterr().out
+    assert "| judge:raystep | 12 |" in out and "agreement" in out
+
+
+def test_world_rows_are_collect_shaped_and_labelled_by_the_verifier() -> None:
+    from raystep.stages.localize_bench import world_rows
+    from raystep.steps import split_steps
+    from raystep.synth.verify import first_wrong_step
+
+    config = load_config(None, ["data.source=synth", "data.limit=20", "model.template=plain"])
+    rows = world_rows(config, wrong_rate=0.5, seed=3)
+    assert len(rows) == 20 and len({r["sample_id"] for r in rows}) == 20
+    labels = [r["label"] for r in rows]
+    assert labels.count(-1) not in (0, 20)  # both correct and slipped solutions
+    for r in rows:
+        assert r["prompt"].endswith("Step 1:") and r["response"].startswith(
+            "Let's think step by step.\nStep 1:"
+        )
+        assert list(split_steps(r["response"]).steps) == r["steps"] and r["solution"]
+        assert r["label"] == first_wrong_step(r["question"], r["steps"]) - 1
+    assert world_rows(config, wrong_rate=0.5, seed=3) == rows  # the same seed, the same slips
+    with pytest.raises(ValueError, match="data.source: synth"):
+        world_rows(load_config(None, []))
+
+
+@pytest.mark.slow
+def test_localize_stage_counts_unreadable_verdicts_and_needs_solutions_for_the_paper_prompt(
+    tmp_path, ray_local
+) -> None:
+    from fake_openai import FakeOpenAI, last_user_text, verdict_reply
+
+    from raystep.stages import localize
+    from raystep.stages.localizers import MissingReference
+
+    samples, truth = make_samples(4)
+
+    def responder(body: dict[str, Any]) -> str:
+        text = last_user_text(body)
+        steps = re.findall(r"^Step \d+: (.*)$", text, re.M)
+        style = "vague" if "[p1]" in text else "lines"  # p1's wrong samples get no readable verdict
+        return verdict_reply(sum_checker("", steps), len(steps), style)
+
+    vague = [s for s in truth if s.startswith("p1-")]
+    with FakeOpenAI(responder) as server:
+        judge = [
+            "localize.methods=[judge]",
+            f"localize.judge.base_url={server.url}",
+            "localize.judge.backoff_s=0.01",
+            "localize.judge.max_retries=1",
+            "localize.judge.requests_per_second=200",
+        ]
+        paper = stage_config(tmp_path, *judge, "localize.judge.prompt=stepdpo")
+        write_samples(RunDir.from_config(paper).path, samples)  # make_samples rows carry no solution
+        with pytest.raises(MissingReference, match=rf"{len(truth)} of {len(truth)} rows have no reference"):
+            localize.run(paper)
+        assert server.num_requests == 0  # failed before any request
+        for mode in ("json_schema", "off"):
+            config = stage_config(tmp_path, *judge, f"localize.judge.structured={mode}", f"name=loc-{mode}")
+            write_samples(RunDir.from_config(config).path, samples)
+            stats = localize.run(config)
+            manifest = RunDir.from_config(config).read_manifest()["stages"]["localize"]
+            assert manifest["judge"] == stats["judge"] and manifest["judge_structured"] == mode
+            rows = {r["sample_id"]: r for r in ShardSet(Path(config.run_dir) / "localized").rows()}
+            if mode == "json_schema":  # the fake states p1's labels as schema JSON: all parse
+                assert stats["judge"]["unparsed_replies"] == 0 and stats["judge"]["unparsed_rows"] == 0
+                assert stats["judge"]["parsed_by_schema"] == len(truth)
+                assert {s: r["first_wrong_step"] for s, r in rows.items()} == truth
+            else:  # free text: two unreadable replies per p1 row (first try + one retry), then its error
+                assert stats["judge"]["unparsed_replies"] == 2 * len(vague)
+                assert stats["judge"]["unparsed_rows"] == len(vague) == stats["errors"]
+                assert all("VerdictParseError" in rows[s]["error"] for s in vague)
+                assert stats["judge"]["parsed_by_text"] == len(truth) - len(vague)
+
+
+def test_localize_bench_on_a_runs_samples_reports_agreement_without_labels(tmp_path, capsys) -> None:
+    """Outside the arithmetic world a run's samples have no labels: the localizers are only compared."""
+    samples, truth = make_samples(3)
+    folder = tmp_path / "samples"
+    write_samples(tmp_path, samples)
+    out = tmp_path / "bench"
+    code = cli_main(
+        ["localize-bench", "--samples", str(folder), "--out", str(out)]
+        + ["--set", "localize.methods=[verifier]", "--set", f"localize.verifier={LOCAL_CHECKER}"]
+    )
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    usable = [s for s in samples if not s.get("error")]
+    assert report["labels"] == "none" and report["n"] == len(usable) and report["errors"] == 0
+    assert report["agreement"] == {"names": ["verifier"], "rate": [[1.0]], "both_labelled": [[len(usable)]]}
+    preds = {p["sample_id"]: p["pred"] for p in read_jsonl(out / "predictions.jsonl")}
+    assert {s: preds[s] + 1 for s in truth} == truth  # the checker's steps, for every wrong sample
+    assert "acc on wrong" not in capsys.readouterr().out

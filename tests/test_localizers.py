@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import pytest
-from fake_openai import FakeOpenAI, last_user_text, verdict_reply
+from fake_openai import DECISION_STYLES, STYLES, VAGUE_STYLES, FakeOpenAI, last_user_text, verdict_reply
 
 from raystep.config import JudgeConfig
 from raystep.stages.localizers import (
@@ -98,17 +98,22 @@ def test_parser_rejects_a_reply_without_verdicts() -> None:
 
 
 def test_prompt_has_problem_reference_and_numbered_steps() -> None:
-    messages = build_messages("What is 2+2?", ["Step 1: 2+2=4\n", "so the answer is 4"], "4")
+    row = {"question": "What is 2+2?", "steps": ["Step 1: 2+2=4\n", "so the answer is 4"], "answer": "4"}
+    messages = build_messages(row)
     user = messages[-1]["content"]
     assert "What is 2+2?" in user and "### Reference answer\n4" in user
     assert "Step 1: 2+2=4\nStep 2: so the answer is 4" in user
     assert "neutral" in user and "Stop at the first step you mark incorrect" in user
-    assert "Reference answer" not in build_messages("q", ["a"], None)[-1]["content"]
+    assert "Reference answer" not in build_messages({"question": "q", "steps": ["a"]})[-1]["content"]
+    structured = build_messages(row, structured=True)
+    assert structured[1:] == messages[1:], "a structured request keeps the prompt's own text"
+    assert (
+        structured[0]["content"].startswith(messages[0]["content"])
+        and '"first_wrong_step"' in structured[0]["content"]
+    )
 
 
 # --- the judge over HTTP ---------------------------------------------------------------------------------
-
-STYLES = ["lines", "markdown", "json", "prose"]
 
 
 def scripted_rows(n: int, num_steps: int = 4) -> list[dict[str, Any]]:
@@ -543,3 +548,168 @@ def test_vllm_rollouts_are_a_thin_config_checked_here() -> None:
     config = load_config(None, ["localize.methods=[rollout]", "sampling.engine=vllm"])
     with pytest.raises(ImportError, match=r"raystep\[gpu\]"):
         build_localizer(config, grade=lambda texts, golds: [False] * len(texts))
+
+
+# --- prompts, structured verdicts and unreadable replies over HTTP -----------------------------------------
+
+MIXED_STYLES = [*STYLES, *DECISION_STYLES, *VAGUE_STYLES]
+
+
+def mixed_rows(n: int, num_steps: int = 4) -> list[dict[str, Any]]:
+    """Scripted rows with a reference solution; row i is answered in ``MIXED_STYLES[i % len]``."""
+    return [
+        {
+            **row,
+            "solution": f"Reference worked solution {i}.\n\nThe answer is 12.",
+            "style": MIXED_STYLES[i % len(MIXED_STYLES)],
+        }
+        for i, row in enumerate(scripted_rows(n, num_steps))
+    ]
+
+
+def mixed_responder(body: dict[str, Any]) -> str:
+    """Answers raystep's prompt and the paper's prompt (numbered or not), in the row's style."""
+    text = last_user_text(body)
+    first = int(re.search(r"first-wrong=(\d+)", text).group(1))
+    row = int(re.search(r"\[row-(\d+)\]", text).group(1))
+    if "### Correct solution:" in text:  # the paper's prompt: steps follow "### Incorrect answer:"
+        num_steps = len(re.findall(r"^Step \d+:", text.split("### Incorrect answer:")[1], re.M))
+    else:
+        num_steps = len(re.findall(r"^Step \d+:", text, re.M))
+    return verdict_reply(first, num_steps, MIXED_STYLES[row % len(MIXED_STYLES)])
+
+
+@pytest.mark.parametrize("prompt", ["stepdpo", "raystep"])
+def test_structured_replies_always_parse_and_text_replies_are_counted(tmp_path, prompt: str) -> None:
+    """The fake words its verdicts in every style; asked for schema JSON it states the same labels as JSON."""
+    rows = mixed_rows(3 * len(MIXED_STYLES))
+    vague = [r for r in rows if r["style"] in VAGUE_STYLES]
+    truth = {r["sample_id"]: int(re.search(r"first-wrong=(\d+)", r["question"]).group(1)) for r in rows}
+    with FakeOpenAI(mixed_responder) as server:
+        counts = {}
+        for mode in ("json_schema", "off"):
+            judge = JudgeLocalizer(judge_config(server.url, prompt=prompt, structured=mode, max_retries=0))
+            out = judge.locate(rows)
+            counts[mode] = judge.stats["unparsed_replies"]
+            by_id = {r["sample_id"]: r for r in out}
+            for row in rows:
+                res, ev = by_id[row["sample_id"]], json.loads(by_id[row["sample_id"]]["evidence"])
+                assert ev["prompt"] == prompt and ev["mode"] == ("json_schema" if mode != "off" else "text")
+                if mode == "off" and row["style"] in VAGUE_STYLES:
+                    assert "VerdictParseError" in res["error"] and ev["parse_failures"] == 1
+                    continue
+                assert res["error"] is None and res["first_wrong_step"] == truth[row["sample_id"]], ev
+                expected_reader = (
+                    "schema"
+                    if mode != "off"
+                    else ("final_decision" if row["style"] in DECISION_STYLES else "text")
+                )
+                assert ev["parsed_by"] == expected_reader and ev["parse_failures"] == 0
+        schema_requests = [r["schema"] for r in server.log]
+        assert schema_requests == [True] * len(rows) + [False] * len(rows)
+    assert counts == {"json_schema": 0, "off": len(vague)} and len(vague) == 6
+
+
+def test_auto_falls_back_to_text_when_the_server_refuses_the_schema(tmp_path) -> None:
+    rows = [r for r in mixed_rows(len(MIXED_STYLES)) if r["style"] not in VAGUE_STYLES]
+    with FakeOpenAI(mixed_responder, structured_outputs=False) as server:
+        judge = JudgeLocalizer(judge_config(server.url, structured="auto", max_concurrency=1, max_retries=0))
+        out = judge.locate(rows)
+        assert not any(r["error"] for r in out)
+        assert [json.loads(r["evidence"])["mode"] for r in out] == ["text"] * len(rows)
+        assert judge.stats["structured_refused"] == 1 and judge.structured is False
+        assert [r["schema"] for r in server.log] == [True] + [False] * len(rows)  # one refusal, then text
+        assert [r["outcome"] for r in server.log].count("ok") == len(rows) + 1
+    with FakeOpenAI(mixed_responder, structured_outputs=False) as server:
+        strict = JudgeLocalizer(judge_config(server.url, structured="json_schema", max_retries=1))
+        failed = strict.locate(rows[:2])
+        assert all("HTTP 400" in r["error"] and "after 1 attempt" in r["error"] for r in failed)
+        assert server.num_requests == 2  # a 400 is not retried, and json_schema never falls back
+
+
+def test_structured_reply_from_a_server_that_ignores_the_schema_falls_back_to_text() -> None:
+    rows = scripted_rows(4)
+
+    def plain(body: dict[str, Any]) -> str:  # a plain string: the fake answers in free text
+        return str(scripted_responder(body))
+
+    with FakeOpenAI(plain) as server:
+        out = JudgeLocalizer(judge_config(server.url, structured="json_schema")).locate(rows)
+        assert all(r["error"] is None for r in out)
+        assert {json.loads(r["evidence"])["parsed_by"] for r in out} == {"text"}
+        assert [r["first_wrong_step"] for r in out] == [0, 1, 2, 3]
+
+
+def test_stepdpo_judge_sends_the_papers_message_and_reads_its_decision(tmp_path) -> None:
+    rows = mixed_rows(len(DECISION_STYLES))
+    with FakeOpenAI(mixed_responder) as server:
+        judge = JudgeLocalizer(judge_config(server.url, prompt="stepdpo", structured="off"))
+        out = judge.locate(rows)
+        missing = judge.locate([{k: v for k, v in rows[0].items() if k != "solution"}])
+        assert server.num_requests == len(rows)  # the row without a solution made no request
+    assert "reference solution" in missing[0]["error"] and judge.stats["failed_rows"] == 1
+    for row, res in zip(rows, out, strict=True):
+        assert res["error"] is None
+        assert res["first_wrong_step"] == int(re.search(r"first-wrong=(\d+)", row["question"]).group(1))
+    (sent,) = [r["text"] for r in server.log if "[row-00]" in r["text"]]
+    assert (
+        sent.startswith("### Problem:\n[row-00]")
+        and "### Correct solution:\nReference worked solution 0.\n" in sent
+    )
+
+
+def test_verify_pairs_gives_the_paper_judge_the_reference_solution_from_the_run(tmp_path) -> None:
+    """Pairs carry no reference solution; the stepdpo judge gets it from the run's problems/."""
+    from checkers import sum_checker
+
+    from raystep.config import load_config
+    from raystep.records import write_parquet
+    from raystep.stages.localizers.chosen import verify_pairs
+
+    def responder(body: dict[str, Any]) -> str:
+        text = last_user_text(body)
+        assert "### Correct solution:\n1 + 1 = 2, 2 + 2 = 4, 4 + 3 = 7.\n" in text
+        answer = text.split("### Incorrect answer:\n")[1].split("\n\n---")[0]
+        steps = re.findall(r"^Step \d+:(.*)$", answer, re.M)
+        return verdict_reply(sum_checker("", steps), len(steps), "final")
+
+    with FakeOpenAI(responder) as server:
+        config = load_config(
+            None,
+            [
+                f"storage.root={tmp_path}",
+                "localize.methods=[judge]",
+                "localize.judge.prompt=stepdpo",
+                "localize.judge.structured=off",
+                f"localize.judge.base_url={server.url}",
+                "localize.judge.requests_per_second=500",
+            ],
+        )
+        problem = {
+            "id": "p0",
+            "dataset": "sums",
+            "question": "q",
+            "answer": "7",
+            "solution": "1 + 1 = 2, 2 + 2 = 4, 4 + 3 = 7.",
+        }
+        write_parquet(tmp_path / config.name / "problems" / "part-00000.parquet", [problem])
+        prefix = "Let's think step by step.\nStep 1: 1 + 1 = 2\nStep 2:"
+        pairs = [
+            {
+                "prompt": "q",
+                "answer": "7",
+                "step_index": 2,
+                "problem_id": "p0",
+                "initial_reason_steps": prefix,
+            }
+            | {
+                "chosen": c,
+                "rejected": " 2 + 2 = 5\n",
+                "full_chosen": c + "Step 3: 4 + 3 = 7\n",
+                "pair_id": n,
+            }
+            for n, c in (("good", " 2 + 2 = 4\n"), ("lucky", " 2 + 3 = 4\n"))
+        ]
+        kept, removed, errors = verify_pairs(pairs, config)
+        assert server.num_requests == 2 and errors == 0
+        assert removed == 1 and [p["pair_id"] for p in kept] == ["good"]

@@ -1,8 +1,8 @@
-"""The GPU serving config (``ray.serve.llm``, vLLM) checked without vLLM, and the CLI around it.
+"""The serving config (``ray.serve.llm``) for GPU and CPU, checked against Serve's own schemas, and the CLI.
 
-vLLM is not installed here, so ``ray.serve.llm`` cannot be imported: what is checked is the config it
-would take — against Serve's own ``ServeDeploySchema`` and Ray LLM's ``LLMConfig`` model (importable
-from ``ray.llm._internal`` without vLLM) — and that ``--engine vllm`` fails with a clear hint.
+The config is plain data built from the run config: checked here against Serve's ``ServeDeploySchema``
+and Ray LLM's ``LLMConfig`` model, for a GPU cluster (emitted for a RayService) and for this machine's
+CPU. The app itself runs for real in ``tests/test_serve.py``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from raystep.serve.llm import (
     model_source,
     serve_config,
     serve_config_yaml,
-    vllm_available,
     write_serve_config,
 )
-from raystep.serve.run import ServeStartError, api_key_digest, base_url, start
+from raystep.serve.run import ServeStartError, base_url, check_key, start
 
 
 def gpu_config(**serve: object) -> RunConfig:
@@ -37,17 +36,14 @@ def gpu_config(**serve: object) -> RunConfig:
             "name": "qwen-7b",
             "storage": {"root": "/mnt/runs"},
             "model": {"dtype": "bfloat16"},
-            "serve": {
-                "engine": "vllm",
-                "model_id": "qwen-7b-stepdpo",
+            "engine": {
+                "device": "cuda",
                 "tensor_parallel_size": 4,
-                "min_replicas": 1,
-                "max_replicas": 3,
-                "max_context": 4096,
+                "max_model_len": 4096,
+                "gpu_memory_utilization": 0.85,
                 "accelerator_type": "H100",
-                "engine_kwargs": {"gpu_memory_utilization": 0.85, "enable_prefix_caching": True},
-                **serve,
             },
+            "serve": {"model_id": "qwen-7b-stepdpo", "min_replicas": 1, "max_replicas": 3, **serve},
         }
     )
 
@@ -83,13 +79,34 @@ def test_llm_config_is_accepted_by_ray_llm(tmp_path: Path):
         "dtype": "bfloat16",
         "gpu_memory_utilization": 0.85,
         "enable_prefix_caching": True,
+        "trust_remote_code": False,
     }
     assert parsed.accelerator_type == "H100"
+    assert parsed.placement_group_config == {"bundles": [{"GPU": 1, "CPU": 1}] * 4}
     scaling = AutoscalingConfig.model_validate(parsed.deployment_config["autoscaling_config"])
     assert (scaling.min_replicas, scaling.initial_replicas, scaling.max_replicas) == (1, 1, 3)
     assert parsed.deployment_config["max_ongoing_requests"] == 64
     with pytest.raises(ValueError):  # a typo'd accelerator is caught by the same model
         LLMConfig.model_validate({**raw, "accelerator_type": "H1OO"})
+
+
+def test_cpu_engine_is_eager_float32_on_the_mp_executor_with_a_sized_kv_cache(tmp_path: Path):
+    from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+
+    config = RunConfig.model_validate(
+        {"engine": {"device": "cpu", "cpu_kv_cache_gib": 3, "cpus_per_replica": 2}, "serve": {"model": "m"}}
+    )
+    raw = llm_config(config)
+    parsed = LLMConfig.model_validate(raw)
+    assert parsed.engine_kwargs["dtype"] == "float32" and parsed.engine_kwargs["enforce_eager"] is True
+    assert parsed.engine_kwargs["distributed_executor_backend"] == "mp"
+    assert "gpu_memory_utilization" not in parsed.engine_kwargs
+    assert parsed.placement_group_config == {"bundles": [{"CPU": 2}]}
+    assert raw["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    # engine.vllm_kwargs wins over what raystep derives
+    config.engine.vllm_kwargs = {"enforce_eager": False, "max_num_seqs": 8}
+    kwargs = llm_config(config)["engine_kwargs"]
+    assert kwargs["enforce_eager"] is False and kwargs["max_num_seqs"] == 8
 
 
 def test_model_source_is_the_run_folder_a_bucket_or_the_override():
@@ -101,16 +118,18 @@ def test_model_source_is_the_run_folder_a_bucket_or_the_override():
 
 
 def test_public_bind_gets_a_key_checking_ingress_without_the_key(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("RAYSTEP_API_KEY", "super-secret-value")
+    monkeypatch.delenv("RAYSTEP_API_KEY", raising=False)
     private = serve_config(gpu_config())
-    assert "ingress_cls_config" not in private["applications"][0]["args"]
+    ingress = private["applications"][0]["args"]["ingress_cls_config"]
+    assert ingress["ingress_extra_kwargs"]["require_key"] is False  # loopback: a key set on the node is used
+    monkeypatch.setenv("RAYSTEP_API_KEY", "super-secret-value")
     public = gpu_config(host="0.0.0.0")
     text = serve_config_yaml(public)
     assert "super-secret-value" not in text
     args = yaml.safe_load(text)["applications"][0]["args"]
     assert args["ingress_cls_config"] == {
         "ingress_cls": AUTH_INGRESS,
-        "ingress_extra_kwargs": {"api_key_env": "RAYSTEP_API_KEY"},
+        "ingress_extra_kwargs": {"api_key_env": "RAYSTEP_API_KEY", "require_key": True},
     }
     module, _, name = AUTH_INGRESS.partition(":")
     assert name == "BearerAuthIngress"
@@ -143,18 +162,16 @@ def test_public_bind_without_key_is_refused(monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(ServeStartError, match="RAYSTEP_UNSET_KEY"):
         start(public)
     loopback = RunConfig.model_validate({"serve": {"host": "127.0.0.1", "api_key_env": "RAYSTEP_UNSET_KEY"}})
-    assert api_key_digest(loopback) is None
+    check_key(loopback)  # loopback may go without a key
     monkeypatch.setenv("RAYSTEP_UNSET_KEY", "s3cret")
-    digest = api_key_digest(public)
-    assert digest is not None and "s3cret" not in digest
-    assert api_key_digest(loopback) == digest  # a key that is set is enforced on loopback too
+    check_key(public)
     assert base_url(public) == "http://127.0.0.1:8000/v1"
 
 
 def test_cli_emit_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "deploy" / "serve.yaml"
     rc = cli_main(
-        ["serve", "--emit-config", str(out), "--host", "0.0.0.0", "--set", "serve.tensor_parallel_size=2"]
+        ["serve", "--emit-config", str(out), "--host", "0.0.0.0", "--set", "engine.tensor_parallel_size=2"]
     )
     assert rc == 0
     assert str(out) in capsys.readouterr().out
@@ -165,17 +182,7 @@ def test_cli_emit_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert args["ingress_cls_config"]["ingress_cls"] == AUTH_INGRESS
 
 
-def test_cli_vllm_engine_without_vllm_points_to_the_gpu_extra(capsys: pytest.CaptureFixture[str]):
-    if vllm_available():
-        pytest.skip("this check is for machines without vLLM")
-    assert cli_main(["serve", "--engine", "vllm"]) == 2
-    err = capsys.readouterr().err
-    assert "vLLM" in err and "raystep[gpu]" in err
-
-
-def test_cli_hf_engine_without_a_model_says_where_it_looked(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-):
+def test_cli_without_a_model_says_where_it_looked(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     rc = cli_main(["serve", "--set", f"storage.root={tmp_path}", "--set", "name=nomodel"])
     assert rc == 2
     assert str(tmp_path / "nomodel" / "model") in capsys.readouterr().err

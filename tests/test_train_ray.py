@@ -202,3 +202,49 @@ def test_two_node_cluster_checkpoints_to_shared_storage_and_resumes(
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_default_config_trains_from_another_working_directory(tmp_path, tiny_model: Path, pair_file: Path):
+    """The README's way: `raystep train` in some folder with the default (relative) storage root.
+
+    Ray Train rejects a relative storage path (``URI has empty scheme``), so this fails unless the config
+    resolves ``storage.root`` (and the relative ``train.pairs``) against the working directory at load.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    import ray
+
+    ray.shutdown()  # the command starts its own local Ray, as a user's would
+    work = tmp_path / "somewhere"
+    work.mkdir()
+    shutil.copy(pair_file, work / "my-pairs.jsonl")
+    settings = [
+        f"model.path={tiny_model}",
+        "model.template=qwen2-boxed",
+        "train.pairs=my-pairs.jsonl",
+        "train.num_workers=1",
+        "train.use_gpu=false",
+        "train.zero_stage=2",
+        "train.global_batch_size=8",
+        "train.micro_batch_size=4",
+        "train.epochs=1",
+        "train.pack_tokens=1024",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "raystep.cli", "train", *[a for s in settings for a in ("--set", s)]],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = work / "runs" / "run"  # the default storage.root and name, under the working directory
+    assert (run_dir / "model" / "model.safetensors").exists()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["run_dir"] == str(run_dir)
+    assert manifest["config"]["train"]["pairs"] == str(work / "my-pairs.jsonl")
+    assert manifest["stages"]["train"]["status"] == "done"

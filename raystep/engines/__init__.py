@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from raystep.config import RunConfig
+from raystep.engine_args import resolve_device
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -55,7 +56,30 @@ def build_generator(config: RunConfig, sampling: dict[str, Any] | None = None) -
         from raystep.engines.vllm import build_vllm_generator
 
         return build_vllm_generator(config, defaults)
+    if config.sampling.engine == "endpoint":
+        return build_endpoint_generator(config, defaults)
     return build_hf_generator(config, defaults)
+
+
+def build_endpoint_generator(config: RunConfig, defaults: dict[str, Any]) -> Generator:
+    """Requests to a served policy from ``sampling.concurrency`` light Ray Data actors (no model here)."""
+    from ray.data import ActorPoolStrategy
+
+    from raystep.engines.endpoint import EndpointUDF
+
+    s = config.sampling
+
+    def generate(ds: Dataset) -> Dataset:
+        return ds.map_batches(
+            EndpointUDF,
+            fn_constructor_kwargs={"endpoint_json": s.endpoint.model_dump_json(), "defaults": defaults},
+            batch_size=s.batch_size,
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=s.concurrency),
+            num_cpus=0.5,
+        )
+
+    return generate
 
 
 def build_hf_generator(config: RunConfig, defaults: dict[str, Any]) -> Generator:
@@ -81,7 +105,7 @@ def build_hf_generator(config: RunConfig, defaults: dict[str, Any]) -> Generator
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=s.concurrency),
             num_cpus=1,
-            num_gpus=s.num_gpus_per_replica or None,
+            num_gpus=1 if resolve_device(config) == "cuda" else None,
         )
 
     return generate

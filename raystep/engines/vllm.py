@@ -1,11 +1,11 @@
 """The ``vllm`` engine: a thin use of ``ray.data.llm.build_processor(vLLMEngineProcessorConfig(...))``.
 
-vLLM runs only on CUDA machines (``pip install -e .[gpu]``, which pins ``ray[llm]`` to the Ray
-version). Everything here except ``build_vllm_generator`` is plain Python that is tested without vLLM:
-the processor config (built from ``config.sampling`` and ``config.model``), ``to_vllm_row`` (our row
-contract -> the processor's ``prompt`` + ``sampling_params``) and ``from_vllm_row`` (its output ->
-our columns). The processor keeps one completion per row, so N samples are N fanned-out rows; prefix
-caching makes those N rows cost little more than one prompt.
+The same code runs on GPUs (``raystep[gpu]``: vLLM through ``ray[llm]``) and on CPUs (``raystep[cpu]``:
+vLLM's CPU build); ``raystep.engine_args`` turns the ``engine`` section and the hardware into engine
+arguments and Ray bundles. ``to_vllm_row`` maps our row contract to the processor's ``prompt`` +
+``sampling_params`` and ``from_vllm_row`` maps its output back. The processor keeps one completion
+per row, so N samples are N fanned-out rows; prefix caching makes those N rows cost little more than
+one prompt.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from raystep.config import RunConfig
+from raystep.engine_args import Device, engine_env, placement_bundles, resolve_device, vllm_engine_kwargs
 from raystep.engines.base import normalize_sampling
 
 if TYPE_CHECKING:
@@ -46,35 +47,30 @@ VLLM_COLUMNS: frozenset[str] = frozenset(
 """Columns the processor adds (or we add for it) that are dropped from the output rows."""
 
 
-def processor_config_kwargs(config: RunConfig) -> dict[str, Any]:
+def processor_config_kwargs(config: RunConfig, device: Device | None = None) -> dict[str, Any]:
     """The ``vLLMEngineProcessorConfig`` arguments for this run (a plain dict, testable anywhere).
 
     Prompts arrive fully templated, so the chat-template stage is off. ``concurrency`` is a fixed pool
     of ``sampling.concurrency`` replicas; failed rows are kept with their error instead of failing
     the whole dataset.
     """
-    s, m = config.sampling, config.model
-    engine_kwargs: dict[str, Any] = {
-        "enable_prefix_caching": s.enable_prefix_caching,
-        "tensor_parallel_size": s.tensor_parallel_size,
-        "gpu_memory_utilization": s.gpu_memory_utilization,
-        "dtype": m.dtype,
-        "trust_remote_code": m.trust_remote_code,
-    }
-    if s.max_model_len is not None:
-        engine_kwargs["max_model_len"] = s.max_model_len
-    if m.tokenizer:
-        engine_kwargs["tokenizer"] = m.tokenizer
-    return {
-        "model_source": m.path,
-        "engine_kwargs": engine_kwargs,
-        "batch_size": s.batch_size,
-        "concurrency": (s.concurrency, s.concurrency),
+    device = device or resolve_device(config)
+    out: dict[str, Any] = {
+        "model_source": config.model.path,
+        "engine_kwargs": vllm_engine_kwargs(config, device),
+        "batch_size": config.sampling.batch_size,
+        "concurrency": (config.sampling.concurrency, config.sampling.concurrency),
+        "placement_group_config": {"bundles": placement_bundles(config, device)},
+        "runtime_env": {"env_vars": engine_env(config, device)},
         "chat_template_stage": False,
-        "tokenize_stage": True,
-        "detokenize_stage": True,
+        # separate tokenizer actors keep CPU work off a GPU's engine; on CPU they only take cores
+        "tokenize_stage": device == "cuda",
+        "detokenize_stage": device == "cuda",
         "should_continue_on_error": True,
     }
+    if device == "cuda" and config.engine.accelerator_type:
+        out["accelerator_type"] = config.engine.accelerator_type
+    return out
 
 
 def build_processor_config(config: RunConfig) -> Any:
@@ -150,7 +146,7 @@ def build_vllm_processor(config: RunConfig, defaults: Mapping[str, Any]) -> Any:
 
 
 def build_vllm_generator(config: RunConfig, defaults: Mapping[str, Any]) -> Any:
-    """The vLLM processor as a ``Dataset -> Dataset`` function (needs vLLM and GPUs at run time).
+    """The vLLM processor as a ``Dataset -> Dataset`` function (needs vLLM at run time).
 
     Error rows bypass a processor's postprocess, so ``finalize_vllm_row`` runs over every row
     afterwards (it maps those and leaves already-mapped rows as they are).

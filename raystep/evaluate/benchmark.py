@@ -18,8 +18,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from raystep.config import EvalConfig
+from raystep.endpoint import EndpointClient, api_key_from_env
 from raystep.evaluate import samples as sample_log
-from raystep.evaluate.client import EndpointClient, api_key_from_env
 from raystep.evaluate.report import summarize, write_report
 from raystep.records import append_jsonl
 from raystep.steps import build_messages, build_prompt
@@ -156,6 +156,15 @@ async def _send_all(todo: list[dict[str, Any]], cfg: EvalConfig, flush: Flush) -
         for task in tasks:
             task.cancel()
         await client.close()
+
+
+def pending_requests(cfg: EvalConfig, benchmark: str, folder: Path, problems: list[dict[str, Any]]) -> int:
+    """How many requests an evaluation into ``folder`` still has to send (0: every answer is there)."""
+    log_path = folder / "samples.jsonl"
+    if not log_path.exists():
+        return len(plan_requests(problems, benchmark, cfg))
+    done = sample_log.answered_keys(sample_log.read_log(log_path))
+    return sum((i["id"], i["sample"]) not in done for i in plan_requests(problems, benchmark, cfg))
 
 
 def evaluate_benchmark(

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raystep.config import EvalConfig
-from raystep.evaluate.client import api_key_from_env, failed_result, parse_response, request_payload
+from raystep.endpoint import api_key_from_env, failed_result, parse_response, request_payload
 
 ACTOR_CPUS = 0.25
 """HTTP actors mostly wait on the network: a quarter CPU each keeps them from starving the cluster."""

@@ -1,10 +1,10 @@
-"""The GPU serving config: ``ray.serve.llm`` (vLLM) built from the run config, as a dict and as YAML.
+"""The serving config: ``ray.serve.llm`` (vLLM, on CPU or GPU) built from the run config, as plain data.
 
-``ray.serve.llm`` cannot be imported without vLLM, so the config is built here as plain data in
-``LLMConfig``'s shape. The same dict is what ``raystep serve --engine vllm`` hands to
-``build_openai_app``, what ``--emit-config`` writes for ``serve deploy``, and what a KubeRay
-RayService embeds as ``serveConfigV2`` (``raystep.kuberay`` calls :func:`serve_config`): one source,
-so the three cannot drift apart.
+The config is built here in ``LLMConfig``'s shape, so it can be written without vLLM installed. The same
+dict is what ``raystep serve`` hands to ``build_openai_app``, what ``--emit-config`` writes for
+``serve deploy``, and what a KubeRay RayService embeds as ``serveConfigV2`` (``raystep.kuberay`` calls
+:func:`serve_config`): one source, so the three cannot drift apart. Engine arguments and placement
+come from ``raystep.engine_args``, as for sampling.
 """
 
 from __future__ import annotations
@@ -16,13 +16,17 @@ from typing import Any
 
 import yaml
 
-from raystep.config import RunConfig
+from raystep.config import ModelConfig, RunConfig
+from raystep.engine_args import Device, engine_env, placement_bundles, resolve_device, vllm_engine_kwargs
 
 IMPORT_PATH = "ray.serve.llm:build_openai_app"
 AUTH_INGRESS = "raystep.serve.llm_ingress:BearerAuthIngress"
 APP_NAME = "raystep-llm"
 BUCKET_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")
-GPU_EXTRA_HINT = "pip install 'raystep[gpu]'  (installs ray[llm] with the vLLM version Ray pins)"
+VLLM_HINT = (
+    "pip install 'raystep[gpu]' on CUDA machines (ray[llm] with the vLLM Ray pins), "
+    "or bash scripts/install.sh for vLLM's CPU build"
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -45,24 +49,10 @@ def model_source(config: RunConfig) -> str:
     return str(Path(run_dir) / "model")
 
 
-def engine_kwargs(config: RunConfig) -> dict[str, Any]:
-    """vLLM engine arguments: tensor parallelism, context, dtype, then ``serve.engine_kwargs`` on top."""
+def llm_config(config: RunConfig, device: Device | None = None) -> dict[str, Any]:
+    """One ``LLMConfig`` as a dict: what to load, the engine and its placement, and how replicas scale."""
     serve = config.serve
-    kwargs: dict[str, Any] = {"tensor_parallel_size": serve.tensor_parallel_size}
-    if serve.max_context:
-        kwargs["max_model_len"] = serve.max_context
-    if config.model.dtype != "auto":
-        kwargs["dtype"] = config.model.dtype
-    if config.model.trust_remote_code:
-        kwargs["trust_remote_code"] = True
-    kwargs.update(serve.engine_kwargs)
-    return kwargs
-
-
-def llm_config(config: RunConfig) -> dict[str, Any]:
-    """One ``LLMConfig`` as a dict: what to load, the engine arguments, and how replicas scale."""
-    serve = config.serve
-    source = model_source(config)
+    device = device or resolve_device(config)
     deployment: dict[str, Any] = {
         "max_ongoing_requests": serve.max_ongoing_requests,
         "autoscaling_config": {
@@ -71,34 +61,62 @@ def llm_config(config: RunConfig) -> dict[str, Any]:
             "max_replicas": serve.max_replicas,
         },
     }
+    if serve.max_queued_requests >= 0:
+        deployment["max_queued_requests"] = serve.max_queued_requests
     out: dict[str, Any] = {
-        "model_loading_config": {"model_id": serve.model_id, "model_source": source},
-        "engine_kwargs": engine_kwargs(config),
+        "model_loading_config": {"model_id": serve.model_id, "model_source": model_source(config)},
+        "engine_kwargs": vllm_engine_kwargs(config, device),
+        "placement_group_config": {"bundles": placement_bundles(config, device)},
+        "runtime_env": {"env_vars": engine_env(config, device)},
         "deployment_config": deployment,
     }
-    if serve.accelerator_type:
-        out["accelerator_type"] = serve.accelerator_type
+    if device == "cuda" and config.engine.accelerator_type:
+        out["accelerator_type"] = config.engine.accelerator_type
     return out
 
 
-def app_args(config: RunConfig) -> dict[str, Any]:
-    """The ``args`` of ``build_openai_app``; behind a non-loopback bind, an ingress that checks the key.
+def judge_run_config(config: RunConfig) -> RunConfig:
+    """The run config that serves the open judge of ``localize.judge.serve``: its serve section, its engine
+    (``localize.judge.engine``, else the run's), and its weights as the model (dtype ``auto``, the
+    policy's tokenizer not inherited). ``raystep serve --judge`` and the judge's RayService use it."""
+    judge = config.localize.judge
+    if judge.serve is None:
+        raise ValueError("localize.judge.serve is empty: there is no open judge to serve in this config")
+    model = ModelConfig(
+        path=str(judge.serve.model), dtype="auto", trust_remote_code=config.model.trust_remote_code
+    )
+    return config.model_copy(
+        update={"serve": judge.serve, "engine": judge.engine or config.engine, "model": model}
+    )
 
+
+def app_args(config: RunConfig, device: Device | None = None) -> dict[str, Any]:
+    """The ``args`` of ``build_openai_app``, with raystep's ingress (OpenAI-shaped errors, the Bearer key).
+
+    Off loopback the key is required; on loopback a key set on the node is enforced and none means open.
     The ingress reads the key itself from the environment variable named here, on the node, so the
     secret never appears in the Serve config (nor in a RayService manifest).
     """
-    args: dict[str, Any] = {"llm_configs": [llm_config(config)]}
-    if not is_loopback(config.serve.host):
-        args["ingress_cls_config"] = {
-            "ingress_cls": AUTH_INGRESS,
-            "ingress_extra_kwargs": {"api_key_env": config.serve.api_key_env},
-        }
-    return args
-
-
-def serve_config(config: RunConfig) -> dict[str, Any]:
-    """A multi-application Serve config (``ServeDeploySchema``) for ``serve deploy`` and ``serveConfigV2``."""
     serve = config.serve
+    return {
+        "llm_configs": [llm_config(config, device)],
+        "ingress_cls_config": {
+            "ingress_cls": AUTH_INGRESS,
+            "ingress_extra_kwargs": {
+                "api_key_env": serve.api_key_env,
+                "require_key": not is_loopback(serve.host),
+            },
+        },
+    }
+
+
+def serve_config(config: RunConfig, device: Device | None = None) -> dict[str, Any]:
+    """A multi-application Serve config (``ServeDeploySchema``) for ``serve deploy`` and ``serveConfigV2``.
+
+    A config written for a cluster is for GPUs unless ``engine.device`` says ``cpu``.
+    """
+    serve = config.serve
+    device = device or (config.engine.device if config.engine.device != "auto" else "cuda")
     return {
         "http_options": {"host": serve.host, "port": serve.port},
         "applications": [
@@ -106,7 +124,7 @@ def serve_config(config: RunConfig) -> dict[str, Any]:
                 "name": APP_NAME,
                 "route_prefix": serve.route_prefix,
                 "import_path": IMPORT_PATH,
-                "args": app_args(config),
+                "args": app_args(config, device),
             }
         ],
     }
@@ -131,7 +149,7 @@ def vllm_available() -> bool:
 
 
 def build_llm_app(config: RunConfig) -> Any:
-    """The ``ray.serve.llm`` OpenAI application; needs vLLM (``raystep[gpu]``).
+    """The ``ray.serve.llm`` OpenAI application; needs vLLM (``raystep[gpu]`` or ``raystep[cpu]``).
 
     Callers check :func:`vllm_available` first (``raystep.serve.run.start`` does, with the install hint).
     """

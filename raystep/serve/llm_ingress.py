@@ -1,27 +1,43 @@
-"""Bearer-key checking for ``ray.serve.llm``'s OpenAI ingress (the GPU app on a non-loopback bind).
+"""raystep's ingress for ``ray.serve.llm``: the Bearer key when one is needed, and OpenAI-shaped errors.
 
-``ray.serve.llm`` has no API-key option, and its ingress module cannot be imported without vLLM. So
-:func:`with_bearer_auth` is generic (it wraps the endpoint methods of any FastAPI ingress class and
-is tested on CPU with a plain one), and ``BearerAuthIngress`` — the class the emitted Serve config
-names in ``ingress_cls_config`` — is built from ``OpenAiIngress`` only when first looked up, on a
-node that has vLLM. The key is read from the environment on the node; only its name travels in the
-config.
+``ray.serve.llm`` has no API-key option, and some of its refusals (an unknown model) are FastAPI
+``HTTPException``s whose body is ``{"detail": ...}``, which OpenAI clients do not parse. So
+:func:`with_bearer_auth` wraps the endpoint methods of an ingress class: each checks the key first
+(when the app needs one) and turns an ``HTTPException`` into ``{"error": {...}}`` with the same status.
+``BearerAuthIngress`` — the class the Serve config names in ``ingress_cls_config`` — is built from Ray
+LLM's ``OpenAiIngress`` when first looked up, on a node that has vLLM. The key is read from the
+environment on the node; only its name travels in the config, and the ingress keeps only its hash.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import inspect
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from raystep.serve.protocol import APIError, check_bearer, key_digest
-
 _REQUEST_PARAM = "raystep_auth_request"
+
+
+def key_digest(key: str) -> str:
+    """What a server keeps of its API key: the hash (the key itself stays with whoever read it)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def auth_error(authorization: str | None, expected_digest: str) -> str | None:
+    """Why ``Authorization: Bearer <key>`` is refused (None when the key matches)."""
+    if not authorization:
+        return "Missing API key: send 'Authorization: Bearer <key>'."
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(key_digest(token.strip()), expected_digest):
+        return "Incorrect API key provided."
+    return None
 
 
 def _guard(method: Any) -> Any:
@@ -37,31 +53,45 @@ def _guard(method: Any) -> Any:
     @functools.wraps(method)
     async def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
         request = kwargs[request_name] if request_name else kwargs.pop(_REQUEST_PARAM)
+        if self._raystep_key_digest is not None:
+            error = auth_error(request.headers.get("authorization"), self._raystep_key_digest)
+            if error:
+                return error_response(401, error, {"WWW-Authenticate": "Bearer"})
         try:
-            check_bearer(request.headers.get("authorization"), self._raystep_key_digest)
-        except APIError as exc:
-            return JSONResponse(exc.body(), status_code=exc.status, headers={"WWW-Authenticate": "Bearer"})
-        return await method(self, *args, **kwargs)
+            return await method(self, *args, **kwargs)
+        except HTTPException as exc:
+            return error_response(exc.status_code, str(exc.detail), exc.headers)
 
     guarded.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     return guarded
 
 
-def with_bearer_auth(base: type, endpoints: Iterable[str], name: str | None = None) -> type:
-    """A subclass of ``base`` whose ``endpoints`` check ``Authorization: Bearer`` first.
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """An OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
-    The constructor takes ``api_key_env`` (the variable's name) and refuses to start when it is unset:
-    an ingress reachable from other hosts is never left open by accident.
+
+def with_bearer_auth(base: type, endpoints: Iterable[str], name: str | None = None) -> type:
+    """A subclass of ``base`` whose ``endpoints`` check ``Authorization: Bearer`` first and answer
+    refusals in OpenAI's error shape.
+
+    The constructor takes ``api_key_env`` (the variable's name) and ``require_key``: with a key required
+    (any bind reachable from other hosts) it refuses to start when the variable is unset, so such an
+    ingress is never left open by accident; otherwise a key that is set is enforced and none means open.
     """
 
-    def __init__(self: Any, *args: Any, api_key_env: str = "RAYSTEP_API_KEY", **kwargs: Any) -> None:
+    def __init__(
+        self: Any, *args: Any, api_key_env: str = "RAYSTEP_API_KEY", require_key: bool = True, **kwargs: Any
+    ) -> None:
         key = os.environ.get(api_key_env)
-        if not key:
+        if not key and require_key:
             raise RuntimeError(
                 f"the environment variable {api_key_env} is empty on this node: refusing to serve on a "
                 "non-loopback address without an API key"
             )
-        self._raystep_key_digest = key_digest(key)
+        self._raystep_key_digest = key_digest(key) if key else None
         base.__init__(self, *args, **kwargs)
 
     namespace: dict[str, Any] = {"__init__": __init__, "__module__": __name__}

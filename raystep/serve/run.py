@@ -1,23 +1,23 @@
-"""``raystep serve``: start the OpenAI-compatible app on Ray Serve, or emit the GPU app's Serve config.
+"""``raystep serve``: start the OpenAI-compatible ``ray.serve.llm`` app, or emit its Serve config.
 
 ``start(config)`` is what the demo and the evaluation tests call: it checks the bind is safe, deploys
-the app for ``serve.engine`` (raystep's CPU app for ``hf``, ``ray.serve.llm`` for ``vllm``) and
-returns the base URL an ``openai`` client takes. ``shutdown()`` tears Serve down again.
+``ray.serve.llm``'s OpenAI app (vLLM on CPU or GPU, behind the Bearer-key ingress when a key is needed)
+and returns the base URL an ``openai`` client takes. ``shutdown()`` tears Serve down again.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 import time
-import urllib.request
 
 from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
 from raystep.serve.llm import (
-    GPU_EXTRA_HINT,
+    VLLM_HINT,
     build_llm_app,
     is_loopback,
     model_source,
@@ -32,18 +32,14 @@ class ServeStartError(RuntimeError):
     """The app cannot be started as configured (an unsafe bind, no model, no vLLM)."""
 
 
-def api_key_digest(config: RunConfig) -> str | None:
-    """The hash of the key in ``$<serve.api_key_env>``; required whenever the bind is not loopback."""
-    from raystep.serve.protocol import key_digest
-
+def check_key(config: RunConfig) -> None:
+    """Refuse a bind reachable from other machines unless ``$<serve.api_key_env>`` holds a key."""
     serve = config.serve
-    key = os.environ.get(serve.api_key_env, "")
-    if not key and not is_loopback(serve.host):
+    if not is_loopback(serve.host) and not os.environ.get(serve.api_key_env):
         raise ServeStartError(
             f"serve.host is {serve.host!r}, which is reachable from other machines, and the API key variable "
             f"${serve.api_key_env} is empty: set it (export {serve.api_key_env}=...) or bind 127.0.0.1"
         )
-    return key_digest(key) if key else None
 
 
 def base_url(config: RunConfig) -> str:
@@ -57,56 +53,34 @@ def base_url(config: RunConfig) -> str:
     return f"http://{host}:{config.serve.port}{prefix}/v1"
 
 
-def _cpu_app(config: RunConfig, key_digest: str | None):
-    from raystep.serve.app import AppSettings, build_app
-
+def check_model(config: RunConfig) -> str:
+    """The model source, checked when it is a local folder (a bucket URI is checked by the replica)."""
     source = model_source(config)
-    if "://" in source:
-        raise ServeStartError(
-            f"the hf engine serves a local model folder; got {source!r} (use --engine vllm)"
-        )
-    if not os.path.exists(os.path.join(source, "config.json")):
+    if "://" not in source and not os.path.exists(os.path.join(source, "config.json")):
         raise ServeStartError(
             f"no Hugging Face model at {source} (set serve.model or run `raystep train` first)"
         )
-    serve = config.serve
-    settings = AppSettings(
-        model_path=os.path.abspath(source),
-        model_id=serve.model_id,
-        max_tokens_cap=serve.max_tokens_cap,
-        max_context=serve.max_context,
-        max_batch_size=serve.max_batch_size,
-        batch_wait_timeout_s=serve.batch_wait_timeout_s,
-        api_key_sha256=key_digest,
-        dtype=config.model.dtype,
-        trust_remote_code=config.model.trust_remote_code,
-        torch_threads=max(1, int(serve.num_cpus_per_replica)) if serve.num_cpus_per_replica else None,
-    )
-    return build_app(
-        settings,
-        num_replicas=serve.num_replicas,
-        min_replicas=serve.min_replicas,
-        max_replicas=serve.max_replicas,
-        max_ongoing_requests=serve.max_ongoing_requests,
-        max_queued_requests=serve.max_queued_requests,
-        num_cpus=serve.num_cpus_per_replica,
-    )
+    return source
 
 
 def start(config: RunConfig) -> str:
-    """Deploy the app for ``serve.engine`` on the current (or a new local) Ray; returns the base URL."""
+    """Deploy ``ray.serve.llm``'s app on the current (or a new local) Ray; returns the base URL.
+
+    Returns once the replicas are up (``serve.run`` waits for them), so the first request is served.
+    """
     from ray import serve
 
-    key_digest = api_key_digest(config)
-    if config.serve.engine == "vllm":
-        if not vllm_available():
-            raise ServeStartError(f"--engine vllm needs vLLM, which is not installed: {GPU_EXTRA_HINT}")
-        app = build_llm_app(config)
-    else:
-        app = _cpu_app(config, key_digest)
-    serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
+    check_key(config)
+    check_model(config)
+    if not vllm_available():
+        raise ServeStartError(f"serving needs vLLM, which is not installed: {VLLM_HINT}")
+    app = build_llm_app(config)
+    quiet = {"log_level": "WARNING"}  # Serve's INFO lines belong in its log files, not on the terminal
+    _release_idle_serve(config)
+    serve.start(http_options={"host": config.serve.host, "port": config.serve.port}, logging_config=quiet)
     _check_bound(config)
-    serve.run(app, name=APP_NAME, route_prefix=config.serve.route_prefix)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # serve.start configured it for INFO
+    serve.run(app, name=APP_NAME, route_prefix=config.serve.route_prefix, logging_config=quiet)
     return base_url(config)
 
 
@@ -118,36 +92,48 @@ def _check_bound(config: RunConfig) -> None:
     if (http.host, http.port) != (config.serve.host, config.serve.port):
         raise ServeStartError(
             f"Serve is already running on this Ray cluster at {http.host}:{http.port}, not at "
-            f"{config.serve.host}:{config.serve.port}: use that port, or call raystep.serve.run.shutdown() first"
+            f"{config.serve.host}:{config.serve.port}: use that port, or stop the applications there first"
         )
 
 
-def shutdown() -> None:
-    """Delete the app and stop Serve's actors (Ray itself keeps running)."""
+def _release_idle_serve(config: RunConfig) -> None:
+    """A Serve left with no application (after :func:`shutdown`) on other HTTP options is stopped."""
     from ray import serve
+    from ray.serve.context import _get_global_client
 
-    serve.shutdown()
+    try:
+        client = _get_global_client(raise_if_no_controller_running=True)
+    except Exception:  # no Serve on this cluster
+        return
+    http = client.http_config
+    if (http.host, http.port) != (config.serve.host, config.serve.port) and not serve.status().applications:
+        serve.shutdown()
 
 
-def wait_healthy(url: str, timeout_s: float = 60.0) -> None:
-    """Poll ``/health`` (CPU app) until it answers 200; raises ``TimeoutError`` otherwise."""
-    health = url.removesuffix("/v1") + "/health"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(health, timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{health} did not become healthy in {timeout_s:.0f} s")
-        time.sleep(0.5)
+def shutdown() -> None:
+    """Delete raystep's application; Serve's own actors stay up for the next one (or until Ray stops).
+
+    Stopping the controller itself makes Ray print a spurious ``graceful_shutdown failed ... killed by
+    ray.kill`` line, and another app on the cluster may still need it.
+    """
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        running = APP_NAME in serve.status().applications
+    except RayServeException:  # Serve is not running on this cluster
+        return
+    if running:
+        serve.delete(APP_NAME)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--engine", choices=["hf", "vllm"], help="override serve.engine")
+    parser.add_argument(
+        "--judge",
+        action="store_true",
+        help="serve the open judge of localize.judge.serve instead of the policy",
+    )
     parser.add_argument("--model", help="override serve.model: a model folder or bucket URI")
     parser.add_argument("--host", help="override serve.host (a non-loopback host needs $serve.api_key_env)")
     parser.add_argument("--port", type=int, help="override serve.port")
@@ -159,7 +145,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
-    updates = {k: getattr(args, k) for k in ("engine", "model", "host", "port") if getattr(args, k, None)}
+    updates = {k: getattr(args, k) for k in ("model", "host", "port") if getattr(args, k, None)}
     if not updates:
         return config
     return RunConfig.model_validate(config.model_dump() | {"serve": config.serve.model_dump() | updates})
@@ -170,7 +156,16 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    config = _apply_flags(config_from_args(args), args)
+    config = config_from_args(args)
+    if getattr(args, "judge", False):
+        from raystep.serve.llm import judge_run_config
+
+        try:
+            config = judge_run_config(config)
+        except ValueError as exc:
+            print(f"raystep serve --judge: {exc}", file=sys.stderr)
+            return 2
+    config = _apply_flags(config, args)
     if args.emit_config:
         path = write_serve_config(config, args.emit_config)
         print(f"wrote {path}: serve deploy {path}  (or paste it as a RayService's serveConfigV2)")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from raystep.config import RunConfig
+from raystep.engine_args import engine_env, resolve_device
 from raystep.records import LOCALIZED_FIELDS, read_parquet
 from raystep.runs import RunDir, timed_stage
 from raystep.stages.shards import ShardSet, UnitBuffer, require_unique
@@ -105,10 +106,15 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "errors" if res.get("error") else ("labelled" if res["first_wrong_step"] else "no_wrong_step")
             ] += 1
             ev = res.get("evidence") or {}
-            if name == "judge":
+            if name.startswith("judge"):
                 judge["rows"] += 1
                 judge["cached"] += bool(ev.get("cached"))
                 judge["requests"] += int(ev.get("attempts") or 0)
+                # replies no reader understood (each one, retried or not), and rows left without a verdict
+                judge["unparsed_replies"] += int(ev.get("parse_failures") or 0)
+                judge["unparsed_rows"] += "VerdictParseError" in str(res.get("error") or "")
+                if ev.get("parsed_by"):
+                    judge[f"parsed_by_{ev['parsed_by']}"] += 1
                 for k, v in (ev.get("usage") or {}).items():
                     judge[k] += int(v or 0)
             elif name == "rollout":
@@ -123,7 +129,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "rate": round(agree / comparable, 4),
         }
     if judge:
-        stats["judge"] = dict(judge)
+        stats["judge"] = {"unparsed_replies": 0, "unparsed_rows": 0, **judge}
     if rollout:
         stats["rollout"] = dict(rollout)
     return stats
@@ -159,6 +165,18 @@ def plot_first_wrong_steps(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def actor_resources(config: RunConfig) -> dict[str, Any]:
+    """Ray resources of one localizer actor: rollouts on vLLM hold an engine (its GPUs or CPUs, its env)."""
+    if "rollout" not in config.localize.methods or config.sampling.engine != "vllm":
+        return {"num_cpus": 1}
+    device = resolve_device(config)
+    if device == "cuda":
+        resources: dict[str, Any] = {"num_cpus": 1, "num_gpus": config.engine.tensor_parallel_size}
+    else:
+        resources = {"num_cpus": config.engine.cpus_per_replica}
+    return {**resources, "runtime_env": {"env_vars": engine_env(config, device)}}
+
+
 def run(config: RunConfig) -> dict[str, Any]:
     """Localize every wrong sample of the run's ``samples/`` into ``localized/``; returns the stats."""
     import ray
@@ -173,6 +191,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         from raystep.stages.localizers.judge import api_key_for
 
         api_key_for(loc.judge.base_url, loc.judge.api_key_env)  # fail here, not inside an actor
+    run_dir.record_config(config)
     with timed_stage(run_dir, STAGE) as stats:
         samples = read_parquet(samples_dir, kind="sample")  # read only: collect may be writing there
         wrong, counts = select_wrong(samples)
@@ -183,10 +202,15 @@ def run(config: RunConfig) -> dict[str, Any]:
         require_unique(wrong, "sample_id", f"{samples_dir}: sample_id must be unique (the unit of localize)")
         todo = [s for s in wrong if str(s["sample_id"]) not in done]
         stats.update(already_done=len(wrong) - len(todo), todo=len(todo))
+        if "judge" in loc.methods:
+            from raystep.stages.localizers import require_reference
+
+            stats.update(judge_prompt=loc.judge.prompt, judge_structured=loc.judge.structured)
+            require_reference(todo, loc.judge, f"{samples_dir}")  # the stepdpo prompt: before any request
         if todo:
             cache_dir = str(out_dir / "judge-cache")  # build_localizer prefers localize.judge.cache_dir
             rps = loc.judge.requests_per_second / loc.concurrency
-            num_gpus = config.sampling.num_gpus_per_replica if "rollout" in loc.methods else 0.0
+            resources = actor_resources(config)
             ds = ray.data.from_items([{"row": json.dumps(s, ensure_ascii=False)} for s in todo])
             ds = ds.map_batches(
                 LocalizeUDF,
@@ -197,8 +221,7 @@ def run(config: RunConfig) -> dict[str, Any]:
                 },
                 batch_size=loc.batch_size,
                 compute=ray.data.ActorPoolStrategy(size=loc.concurrency),
-                num_cpus=1,
-                num_gpus=num_gpus,
+                **resources,
             )
             buffer = UnitBuffer(
                 shards,

@@ -45,7 +45,7 @@ def load_pairs(config: RunConfig, run_dir: RunDir) -> tuple[list[dict[str, Any]]
     path = find_pairs(config, run_dir)
     rejects = Rejects(run_dir.path / "train" / "rejects.jsonl") if config.data.rejects else None
     rows = read_rows(path, kind="pair", rejects=rejects)
-    if config.train.mode == "dpo":
+    if config.train.mode in ("dpo", "sft"):
         bad = [
             i
             for i, r in enumerate(rows)
@@ -53,7 +53,8 @@ def load_pairs(config: RunConfig, run_dir: RunDir) -> tuple[list[dict[str, Any]]
         ]
         if bad:
             raise ValueError(
-                f"{path}: train.mode=dpo needs full_chosen/full_rejected; rows {bad[:5]} lack them"
+                f"{path}: train.mode={config.train.mode} needs full_chosen/full_rejected; "
+                f"rows {bad[:5]} lack them"
             )
     if not rows:
         raise ValueError(f"{path}: no pairs to train on")
@@ -160,9 +161,23 @@ def fit(config: RunConfig, settings: LoopSettings) -> Any:
     return trainer.fit()
 
 
+def training_digest(config: RunConfig) -> str:
+    """What decides the trained weights: the train and model sections and the pairs' bytes."""
+    import hashlib
+
+    run_dir = RunDir.from_config(config)
+    digest = hashlib.sha256(config.train.model_dump_json().encode() + config.model.model_dump_json().encode())
+    source = find_pairs(config, run_dir)
+    for path in sorted(source.rglob("*")) if source.is_dir() else [source]:
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def run(config: RunConfig) -> dict[str, Any]:
     """Train on the run's pairs and export ``<run>/model/``; returns the stage stats (with ``model_dir``)."""
     run_dir = RunDir.from_config(config)
+    run_dir.record_config(config)
     with timed_stage(run_dir, "train") as stats:
         rows, source, rejects = load_pairs(config, run_dir)
         settings = loop_settings(config, rows, run_dir)
@@ -192,6 +207,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         stats.update(summarize(log_rows))
         stats["checkpoint"] = result.checkpoint.path if result.checkpoint else None
         stats["model_dir"] = settings.model_dir
+        stats["training_digest"] = training_digest(config)
         stats["error"] = None  # clears the error an earlier, failed attempt left in the manifest
     return stats
 

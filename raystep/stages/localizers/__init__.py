@@ -7,9 +7,10 @@ and rectify's chosen-step check all build theirs here, so they label steps the s
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
-from raystep.config import RunConfig
+from raystep.config import JudgeConfig, RunConfig
 from raystep.engines import sampling_defaults
 from raystep.stages.localizers.base import (
     CombinedLocalizer,
@@ -19,19 +20,23 @@ from raystep.stages.localizers.base import (
     locate_safely,
 )
 from raystep.stages.localizers.chosen import verify_chosen, verify_chosen_detailed
+from raystep.stages.localizers.judge_prompts import MissingReference, require_reference
 from raystep.stages.localizers.verifier import VERIFIERS, load_verifier, register_verifier
 
 __all__ = [
     "VERIFIERS",
     "CombinedLocalizer",
     "Localizer",
+    "MissingReference",
     "build_localizer",
+    "build_localizers",
     "close_localizer",
     "combine_localizers",
     "labelled",
     "locate_safely",
     "load_verifier",
     "register_verifier",
+    "require_reference",
     "verify_chosen",
     "verify_chosen_detailed",
 ]
@@ -52,19 +57,41 @@ def build_localizer(
     ``sampler`` / ``grade``: the rollout policy and grader (default: ``model.path`` through
     ``HFGenerator`` and ``raystep.grading.Grader``).
     """
+    built = build_localizers(
+        config, cache_dir=cache_dir, requests_per_second=requests_per_second, sampler=sampler, grade=grade
+    )
+    return combine_localizers(built, config.localize.combine)
+
+
+def build_localizers(
+    config: RunConfig,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    requests_per_second: float | None = None,
+    sampler: Any = None,
+    grade: Any = None,
+    judges: Sequence[tuple[str, JudgeConfig]] | None = None,
+) -> list[Localizer]:
+    """One localizer per ``localize.methods`` entry, in order, not combined (what localize-bench compares).
+
+    ``judges``: ``(name, JudgeConfig)`` variants that take the place of ``judge`` (several prompts or
+    modes side by side); default: ``[("judge", localize.judge)]``.
+    """
     loc = config.localize
     built: list[Localizer] = []
     for method in loc.methods:
         if method == "judge":
             from raystep.stages.localizers.judge import JudgeLocalizer
 
-            built.append(
-                JudgeLocalizer(
-                    loc.judge,
-                    cache_dir=loc.judge.cache_dir or cache_dir,
-                    requests_per_second=requests_per_second,
+            for name, judge in judges or [("judge", loc.judge)]:
+                built.append(
+                    JudgeLocalizer(
+                        judge,
+                        cache_dir=judge.cache_dir or cache_dir,
+                        requests_per_second=requests_per_second,
+                        name=name,
+                    )
                 )
-            )
         elif method == "verifier":
             from raystep.stages.localizers.verifier import VerifierLocalizer
 
@@ -73,7 +100,7 @@ def build_localizer(
             built.append(_build_rollout(config, sampler, grade))
         else:  # pragma: no cover - the config's Literal rejects it first
             raise ValueError(f"unknown localize method {method!r}")
-    return combine_localizers(built, loc.combine)
+    return built
 
 
 def _build_rollout(config: RunConfig, sampler: Any, grade: Any) -> Localizer:
@@ -81,9 +108,16 @@ def _build_rollout(config: RunConfig, sampler: Any, grade: Any) -> Localizer:
 
     roll = config.localize.rollout
     if sampler is None and config.sampling.engine == "vllm":
-        from raystep.engines.vllm import processor_config_kwargs
+        from raystep.engine_args import engine_env, resolve_device, vllm_engine_kwargs
 
-        sampler = VLLMSampler(config.model.path, processor_config_kwargs(config)["engine_kwargs"])
+        device = resolve_device(config)
+        sampler = VLLMSampler(
+            config.model.path, vllm_engine_kwargs(config, device), env=engine_env(config, device)
+        )
+    elif sampler is None and config.sampling.engine == "endpoint":
+        from raystep.engines.endpoint import EndpointSampler
+
+        sampler = EndpointSampler(config.sampling.endpoint)
     elif sampler is None:
         sampler = HFSampler.from_path(
             config.model.path,

@@ -70,9 +70,10 @@ class CombinedLocalizer:
         for loc, out in zip(self.localizers, per_method, strict=True):
             if len(out) != len(rows):
                 raise RuntimeError(f"localizer {loc.name} returned {len(out)} rows for {len(rows)}")
-        return [self._reduce(row, [out[i] for out in per_method]) for i, row in enumerate(rows)]
+        return [self.reduce(row, [out[i] for out in per_method]) for i, row in enumerate(rows)]
 
-    def _reduce(self, row: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+    def reduce(self, row: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+        """One row's label from each method's result (in ``localizers`` order), by the rule."""
         evidence: dict[str, Any] = {"combine": self.combine, "methods": {}}
         answered: list[tuple[str, int]] = []
         errors: list[str] = []

@@ -41,7 +41,8 @@ def verify_chosen_detailed(candidates: list[dict[str, Any]], localizer: Localize
     """Localize each rectified solution; drop it when its first wrong step is <= its ``step_index``.
 
     Candidates need ``question``, ``answer``, ``step_index`` (k, 1-based) and the solution (see
-    ``candidate_steps``); ``policy_prompt`` (the text the policy continued) helps rollouts, which
+    ``candidate_steps``); ``solution`` (the problem's reference solution) for the ``stepdpo`` judge prompt;
+    ``policy_prompt`` (the text the policy continued) helps rollouts, which
     otherwise rebuild it from the template. A candidate the localizer could not judge (its row has an error) is kept and
     counted in ``errors``: an outage of the judge must not silently empty the pair set.
     """
@@ -53,6 +54,7 @@ def verify_chosen_detailed(candidates: list[dict[str, Any]], localizer: Localize
             "answer": c.get("answer"),
             "steps": candidate_steps(c),
             "prompt": c.get("policy_prompt") or "",
+            "solution": c.get("solution"),  # the reference solution, for the paper's judge prompt
         }
         for c in candidates
     ]
@@ -106,6 +108,7 @@ def verify_pairs(pairs: list[dict[str, Any]], config: RunConfig) -> tuple[list[d
     """
     from raystep.steps import build_prompt
 
+    solutions = reference_solutions(config) if "judge" in config.localize.methods else {}
     candidates = []
     for i, p in enumerate(pairs):
         split = split_steps(p["initial_reason_steps"] + (p.get("full_chosen") or p["chosen"]))
@@ -114,6 +117,7 @@ def verify_pairs(pairs: list[dict[str, Any]], config: RunConfig) -> tuple[list[d
             "answer": p.get("answer"),
             "step_index": int(p["step_index"]),
             "steps": list(split.steps),
+            "solution": p.get("solution") or solutions.get(str(p.get("problem_id"))),
             "_index": i,
         }
         if config.model.template != "chat":  # what the policy saw before step 1 (rollouts continue it)
@@ -121,3 +125,16 @@ def verify_pairs(pairs: list[dict[str, Any]], config: RunConfig) -> tuple[list[d
         candidates.append(candidate)
     check = verify_chosen_detailed(candidates, localizer_for(config))
     return [pairs[c["_index"]] for c in check.kept], check.removed, check.errors
+
+
+def reference_solutions(config: RunConfig) -> dict[str, str]:
+    """Problem id -> reference solution, from the run's ``problems/`` (pairs do not carry it; the
+    ``stepdpo`` judge prompt needs it). Empty when the run has no problems folder."""
+    from pathlib import Path
+
+    from raystep.records import read_parquet
+
+    folder = Path(config.run_dir) / "problems"
+    if not folder.is_dir():
+        return {}
+    return {str(r["id"]): r["solution"] for r in read_parquet(folder) if r.get("solution")}

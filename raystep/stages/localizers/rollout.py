@@ -70,15 +70,23 @@ def vllm_sampling_kwargs(sampling: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 class VLLMSampler:
-    """``vllm.LLM`` in the localizer actor (GPU): ``n`` rollouts per prefix in one request, and prefix
-    caching shares the prefix's KV cache among them and among the probes of one solution."""
+    """``vllm.LLM`` in the localizer's process (CPU or GPU): ``n`` rollouts per prefix in one request, and
+    prefix caching shares the prefix's KV cache among them and among the probes of one solution.
 
-    def __init__(self, model_path: str, engine_kwargs: dict[str, Any]):
+    ``env`` (the engine's environment, such as the CPU KV-cache size) is set before vLLM reads it; a
+    value the process already has wins."""
+
+    def __init__(self, model_path: str, engine_kwargs: dict[str, Any], env: dict[str, str] | None = None):
+        import os
+
+        for name, value in (env or {}).items():
+            os.environ.setdefault(name, value)
         try:
             from vllm import LLM
         except ImportError as exc:
             raise ImportError(
-                "rollouts with sampling.engine: vllm need vLLM: pip install 'raystep[gpu]'"
+                "rollouts with sampling.engine: vllm need vLLM: pip install 'raystep[gpu]' (CUDA) "
+                "or bash scripts/install.sh (CPU build)"
             ) from exc
         self.llm = LLM(model=model_path, **engine_kwargs)
         self.tokenizer = self.llm.get_tokenizer()

@@ -1,8 +1,8 @@
 """One request to an OpenAI-compatible endpoint, with bounded concurrency and retries.
 
-Every call returns a result dict, never raises for a request that failed: when retries run out the
-error text is kept in the row (``error``), so an evaluation never loses an item silently and a rerun
-can try it again.
+Shared by evaluation and by the ``endpoint`` generation engine (sampling from a served policy). Every
+call returns a result dict, never raises for a request that failed: when retries run out the error
+text is kept in the row (``error``), so nothing is lost silently and a rerun can try it again.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ def request_payload(item: dict[str, Any], model: str, api: str, sampling: dict[s
     }
     if sampling.get("seed") is not None:
         body["seed"] = int(sampling["seed"])
+    if sampling.get("stop"):
+        body["stop"] = list(sampling["stop"])
+    if int(sampling.get("n") or 1) > 1:
+        body["n"] = int(sampling["n"])
     if api == "chat":
         body["messages"] = item["messages"]
     else:
@@ -42,24 +46,24 @@ def request_payload(item: dict[str, Any], model: str, api: str, sampling: dict[s
 
 
 def parse_response(api: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Text, token counts and finish reason from a response body (dict form of either API)."""
-    choices = data.get("choices") or []
+    """Text, token counts and finish reason from a response body (dict form of either API); with several
+    choices (``n``), ``choices`` holds every text in index order."""
+    choices = sorted(data.get("choices") or [], key=lambda c: c.get("index") or 0)
     if not choices:
         raise ValueError(f"response has no choices: {str(data)[:200]}")
-    choice = choices[0]
-    if api == "chat":
-        text = (choice.get("message") or {}).get("content")
-    else:
-        text = choice.get("text")
-    if text is None:
-        raise ValueError(f"response choice has no text: {str(choice)[:200]}")
+    texts = [(c.get("message") or {}).get("content") if api == "chat" else c.get("text") for c in choices]
+    if any(t is None for t in texts):
+        raise ValueError(f"response choice has no text: {str(choices[0])[:200]}")
     usage = data.get("usage") or {}
-    return {
-        "response": text,
+    out = {
+        "response": texts[0],
         "prompt_tokens": usage.get("prompt_tokens"),
         "completion_tokens": usage.get("completion_tokens"),
-        "finish_reason": choice.get("finish_reason") or "",
+        "finish_reason": choices[0].get("finish_reason") or "",
     }
+    if len(texts) > 1:
+        out["choices"] = texts
+    return out
 
 
 def failed_result(error: str) -> dict[str, Any]:

@@ -1,0 +1,128 @@
+"""The data stages on vLLM, the default engine, on its CPU build: collect -> rollout localize -> rectify
+(with chosen-step verification by rollouts), and a collect killed midway that resumes.
+
+The tiny model is taught one solution (answer 12) in ``tests/test_collect_rectify.py``'s fixture, so
+verdicts mean something: samples of problems whose gold is 12 are mostly right, and a hot sampling
+temperature derails some of them into wrong samples that rollouts can localize and rectify can repair.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_collect_rectify import make_config, problems_file, taught_model  # noqa: F401  (fixtures)
+
+from raystep import steps
+from raystep.records import read_jsonl, read_parquet
+from raystep.runs import RunDir
+from raystep.stages import collect, localize, rectify, shards
+
+pytestmark = pytest.mark.slow
+
+VLLM = (
+    "sampling.engine=vllm",
+    "engine.device=cpu",
+    "engine.max_model_len=256",
+    "engine.cpu_kv_cache_gib=1",
+    "sampling.n=4",
+    "sampling.temperature=1.5",
+    "sampling.top_p=1.0",
+    "sampling.shard_size=2",
+    "localize.methods=[rollout]",
+    "localize.rollout.num_rollouts=4",
+    "localize.rollout.temperature=0.7",
+    "localize.rollout.max_new_tokens=60",
+    "rectify.n=4",
+    "rectify.verify_chosen=true",
+)
+
+
+def ids(rows: list[dict]) -> list[str]:
+    return sorted(r["sample_id"] for r in rows)
+
+
+@pytest.mark.timeout(1800)  # four vLLM engine starts: about a minute each on a busy 2-core machine
+def test_collect_localize_rectify_on_vllm(
+    ray_local,
+    taught_model,  # noqa: F811  (the imported fixture)
+    problems_file,  # noqa: F811
+    tmp_path,
+):
+    config = make_config(tmp_path, "vllm", taught_model, problems_file, *VLLM)
+    stats = collect.run(config)
+    run = RunDir.from_config(config)
+    samples = read_parquet(run.path / "samples", kind="sample")
+    assert len(samples) == 24 and len(set(ids(samples))) == 24 and stats["samples"] == 24
+    for r in samples:
+        assert r["error"] is None and r["grade_status"] == "ok"
+        assert r["finish_reason"] in ("stop", "length") and r["num_tokens"] > 0
+        assert r["response"].startswith(steps.STEP_PRIMER) and r["steps"]
+    assert not any(r["correct"] for r in samples if r["answer"] == "13")  # the model only knows 12
+    assert any(r["correct"] for r in samples if r["answer"] == "12")
+    assert any(not r["correct"] for r in samples if r["answer"] == "12"), "a hot temperature derails some"
+
+    loc = localize.run(config)
+    localized = read_parquet(run.path / "localized", kind="localized")
+    wrong = [s for s in samples if not s["correct"]]
+    assert ids(localized) == ids(wrong) and loc["todo"] == len(wrong)
+    assert all(r["localizer"] == "rollout" and r["error"] is None for r in localized)
+    labelled = [r for r in localized if r["first_wrong_step"] > 0]
+    assert labelled, "rollouts from the taught model's own prefixes find the step that went wrong"
+    for r in labelled:
+        assert 1 <= r["first_wrong_step"] <= len(r["steps"])
+
+    rect = rectify.run(config)
+    pairs = read_parquet(run.path / "pairs", kind="pair")
+    assert rect["units"] == len(labelled) and pairs, "rectifying derailed solvable samples gives pairs"
+    assert "dropped_verify_chosen" in rect["this_run"] and rect["this_run"]["verify_chosen_errors"] == 0
+    by_sample = {r["sample_id"]: r for r in localized}
+    for p in pairs:
+        source = by_sample[p["sample_id"]]
+        assert p["answer"] == "12" and p["step_index"] == source["first_wrong_step"]
+        assert p["initial_reason_steps"] == steps.split_steps(source["response"]).prefix(p["step_index"])
+        assert p["chosen"] != p["rejected"]
+    assert len(read_jsonl(run.path / "pairs" / "pairs.jsonl", kind="pair")) == len(pairs)
+
+
+@pytest.mark.timeout(1800)
+def test_a_killed_collect_on_vllm_resumes_to_the_same_rows(
+    ray_local,
+    taught_model,  # noqa: F811  (the imported fixture)
+    problems_file,  # noqa: F811
+    tmp_path,
+):
+    """``raystep collect`` SIGKILLed right after its first shard, then rerun: the rows of an uninterrupted
+    run, once each."""
+    whole = make_config(tmp_path, "whole", taught_model, problems_file, *VLLM)
+    collect.run(whole)
+    samples = read_parquet(Path(whole.run_dir) / "samples", kind="sample")
+    killed = make_config(tmp_path, "killed", taught_model, problems_file, *VLLM)
+    config_file = tmp_path / "killed.yaml"
+    config_file.write_text(yaml.safe_dump(killed.model_dump(mode="json")))
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+        shards.FAIL_AFTER_ENV: "samples:1",
+        shards.FAIL_MODE_ENV: "kill",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "raystep.cli", "collect", "--config", str(config_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    killed_dir = Path(killed.run_dir) / "samples"
+    assert len(read_parquet(killed_dir, kind="sample")) == 8  # whole problems only: 2 x 4 samples
+    resumed = collect.run(killed)
+    assert resumed["problems_resumed"] == 2 and resumed["problems_todo"] == 4
+    final = read_parquet(killed_dir, kind="sample")
+    assert ids(final) == ids(samples)
+    assert sorted(r["seed"] for r in final) == sorted(r["seed"] for r in samples)
