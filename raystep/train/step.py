@@ -28,7 +28,13 @@ def branch_logps(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(inputs["attention_mask"], attn.Spans):
         inputs = {**inputs, "attention_mask": attn.per_layer_type(model, inputs["attention_mask"])}
     keep = inputs["logits_to_keep"]
-    out = model(**inputs, use_cache=False)
+    if getattr(model, "_raystep_keep_positions_only", False):
+        inputs = {**inputs, "logits_to_keep": 0}  # all positions; the kept ones are gathered below
+    try:
+        out = model(**inputs, use_cache=False)
+    except IndexError:  # transformers before 5.2x take logits_to_keep as positions, not a bool mask
+        model._raystep_keep_positions_only = True
+        out = model(**{**inputs, "logits_to_keep": 0}, use_cache=False)
     logits = out.logits  # [num_kept, V]
     if logits.dim() == 3:  # a model that ignores the bool mask: gather rows ourselves
         logits = logits[keep]
@@ -56,8 +62,7 @@ class StepSettings:
 
     @classmethod
     def from_train_config(cls, train: Any) -> StepSettings:
-        loss = "sft" if getattr(train, "mode", "stepdpo") == "sft" else train.loss
-        return cls(train.beta, loss, train.label_smoothing, train.nll_weight)
+        return cls(train.beta, train.loss, train.label_smoothing, train.nll_weight)
 
 
 def reference_logps(batch: Batch, ref_model: Any | None) -> torch.Tensor:
