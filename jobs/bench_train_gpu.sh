@@ -49,9 +49,9 @@ run() {  # run LIMIT_SECONDS ARGS...: one part under its own limit
 }
 
 # 1. fp32 correctness on the fused kernels: per-pair log-probs and gradients of every attention vs two-sequence
-run 80 --check --model-size small --pairs 16 --batch-pairs 8 --per-row 4
+run 90 --check --model-size small --pairs 16 --batch-pairs 8 --per-row 4
 # 2. Qwen2-1.5B shape, bf16: every layout, TRL, live reference; tokens/s, MFU, peak memory, ratios
-run 230 --model-size 1.5b --pairs 96 --batch-pairs 16 --per-row 8 --steps 5
+run 190 --model-size 1.5b --pairs 96 --batch-pairs 16 --per-row 8 --steps 5
 # 3. Qwen2-7B shape, bf16, if it fits (out-of-memory settings are reported as such)
-run 170 --model-size 7b --pairs 48 --batch-pairs 8 --per-row 8 --steps 4 --no-live
+run 200 --model-size 7b --pairs 48 --batch-pairs 8 --per-row 8 --steps 4 --no-live
 echo; echo "=== done"
