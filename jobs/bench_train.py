@@ -204,8 +204,12 @@ class TrlLoss:
     """TRL's DPOTrainer around the same model: its tokenization, collator and ``compute_loss``."""
 
     def __init__(self, model: Any, tokenizer: Any, rows: list[dict], args: argparse.Namespace, out_dir: str):
+        os.environ.setdefault("TQDM_DISABLE", "1")  # TRL's reference pass and datasets' maps draw bars
+        import datasets
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
+
+        datasets.disable_progress_bars()
 
         texts = [
             dict(zip(("prompt", "chosen", "rejected"), pair_texts(r, TEMPLATE), strict=True)) for r in rows
@@ -548,8 +552,10 @@ def check(model: Any, pairs: list, device: str, per_row: int) -> dict[str, dict[
         grad = device.startswith("cuda") or kind != "flex"  # torch has no flex backward on CPU
         logps, grads = run(build_batch(pairs, "shared", 1 << 30, 0, kind, per_row), grad)
         r = {"logp_max_diff": float((logps - ref_l).abs().max())}
+        r["logp_rel"] = r["logp_max_diff"] / out["two-sequence"]["logp_scale"]
         if grads is not None:
             r["grad_max_diff"] = float((grads - ref_g).abs().max())
+            r["grad_rel"] = r["grad_max_diff"] / out["two-sequence"]["grad_scale"]
         out[f"shared {kind} {per_row}/row"] = r
     model.zero_grad(set_to_none=True)
     return out
@@ -641,6 +647,10 @@ def main(argv: list[str] | None = None) -> int:
             result = check(model, pairs[: args.batch_pairs], device, args.per_row)
             for name, r in result.items():
                 print(f"{name:<24}" + "  ".join(f"{k} {v:.2e}" for k, v in r.items()))
+            worst = max(v for r in result.values() for k, v in r.items() if k.endswith("_rel"))
+            print(
+                f"largest difference relative to the values' scale: {worst:.1e} ({'ok' if worst < 1e-4 else 'TOO LARGE'} at 1e-4)"
+            )
             _write(args, {"check": result, "device": device_name, "torch": torch.__version__})
             return 0
 
