@@ -7,6 +7,8 @@ the device, the executor backend, the KV-cache size and the Ray bundles. Nothing
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Literal
 
 from raystep.config import RunConfig
@@ -72,8 +74,21 @@ def placement_bundles(config: RunConfig, device: Device) -> list[dict[str, float
 
 
 def engine_env(config: RunConfig, device: Device) -> dict[str, str]:
-    """Environment variables of an engine's process: the CPU KV-cache size, quiet logs."""
+    """Environment variables of an engine's process: the CPU KV-cache size, quiet logs.
+
+    Variables the submitting Ray job already sets are left out: its workers inherit them, and
+    ``ray.data.llm`` re-``ray.init``s with this env, which Ray refuses when a key is set twice.
+    """
     env = {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(config.engine.cpu_kv_cache_gib)
-    return env
+    job_env = _job_env_vars()
+    return {key: value for key, value in env.items() if key not in job_env}
+
+
+def _job_env_vars() -> dict[str, str]:
+    """The env vars of the ``ray job submit`` runtime env this driver runs under (none outside a job)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    return (json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}

@@ -113,6 +113,7 @@ def test_hf_engine_on_ray_data_matches_direct_calls_and_keeps_failed_rows(ray_lo
         None,
         [
             f"model.path={tiny_model}",
+            "sampling.engine=hf",
             "sampling.batch_size=4",
             "sampling.max_new_tokens=12",
             "sampling.seed=11",
@@ -181,6 +182,19 @@ def test_vllm_processor_config_for_cpus_comes_from_the_same_code():
     # auto: no GPU in this Ray cluster (or, without Ray, on this machine) means the CPU build
     auto = load_config(None, ["engine.device=auto"])
     assert vllm_engine.processor_config_kwargs(auto)["engine_kwargs"]["distributed_executor_backend"] == "mp"
+
+
+def test_engine_env_leaves_out_what_the_submitting_job_sets(monkeypatch):
+    """Under ``ray job submit``, ray.data.llm re-inits Ray with the engine env; Ray refuses a key set twice."""
+    import json
+
+    cfg = load_config(None, ["engine.device=cpu", "engine.cpu_kv_cache_gib=3"])
+    job = {"runtime_env": {"working_dir": ".", "env_vars": {"TOKENIZERS_PARALLELISM": "false"}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    env = vllm_engine.processor_config_kwargs(cfg)["runtime_env"]["env_vars"]
+    assert "TOKENIZERS_PARALLELISM" not in env and env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    assert "TOKENIZERS_PARALLELISM" in vllm_engine.processor_config_kwargs(cfg)["runtime_env"]["env_vars"]
 
 
 def test_vllm_processor_and_lazy_pipeline_build_for_a_gpu_cluster(ray_local, tiny_model):

@@ -76,6 +76,7 @@ def start(config: RunConfig) -> str:
         raise ServeStartError(f"serving needs vLLM, which is not installed: {VLLM_HINT}")
     app = build_llm_app(config)
     quiet = {"log_level": "WARNING"}  # Serve's INFO lines belong in its log files, not on the terminal
+    _forget_stale_serve()
     _release_idle_serve(config)
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port}, logging_config=quiet)
     _check_bound(config)
@@ -94,6 +95,25 @@ def _check_bound(config: RunConfig) -> None:
             f"Serve is already running on this Ray cluster at {http.host}:{http.port}, not at "
             f"{config.serve.host}:{config.serve.port}: use that port, or stop the applications there first"
         )
+
+
+def _forget_stale_serve() -> None:
+    """Drop Serve's cached controller handle when that controller is gone.
+
+    Serve caches the handle per Ray job id, and a fresh local Ray started in the same process (after
+    ``ray.shutdown()``) gives its first driver the same job id, so a handle into the stopped cluster
+    looks current and every Serve call fails with "Can't find actor".
+    """
+    import ray
+    from ray.serve import context
+
+    client = context._global_client
+    if client is None:
+        return
+    try:
+        ray.get(client._controller.check_alive.remote(), timeout=30)
+    except Exception:  # the controller (or the whole cluster it lived in) is gone
+        context._disconnect()
 
 
 def _release_idle_serve(config: RunConfig) -> None:
@@ -119,6 +139,7 @@ def shutdown() -> None:
     from ray import serve
     from ray.serve.exceptions import RayServeException
 
+    _forget_stale_serve()
     try:
         running = APP_NAME in serve.status().applications
     except RayServeException:  # Serve is not running on this cluster
