@@ -416,7 +416,11 @@ class TrainConfig(Section):
     seed: int = 42
     """Seed of shuffling and initialisation."""
     log_to: list[Literal["mlflow", "wandb"]] = Field(default_factory=list)
-    """Experiment trackers to log to."""
+    """Experiment trackers rank 0 logs every step's metrics to (Ray's ``setup_mlflow`` / ``setup_wandb``).
+    W&B writes to ``<run>/wandb``, offline unless ``$WANDB_API_KEY`` is set (``wandb sync`` uploads later)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI (a server, ``sqlite:///…``); empty: ``$MLFLOW_TRACKING_URI``, else the SQLite
+    store ``<run>/mlflow.db`` (``mlflow ui --backend-store-uri sqlite:///<run>/mlflow.db``)."""
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
     @model_validator(mode="after")

@@ -71,6 +71,8 @@ class LoopSettings:
     trust_remote_code: bool = False
     lora: dict[str, Any] | None = None
     log_to: list[str] = field(default_factory=list)
+    tracking_uri: str = ""
+    tracking_dir: str = ""
     run_name: str = "run"
     fault: dict[str, Any] | None = None
     """Test hook: ``{"step": K, "rank": r, "marker": path}`` makes rank r exit at step K once."""
@@ -174,28 +176,48 @@ def _maybe_fault(s: LoopSettings, step: int, rank: int) -> None:
     os._exit(1)
 
 
-def _tracker(s: LoopSettings, rank: int) -> Any:
-    """MLflow / W&B through Ray's integrations, rank 0 only; None when not configured."""
-    if rank != 0 or not s.log_to:
-        return None
+def _trackers(s: LoopSettings, rank: int) -> list[tuple[str, Any]]:
+    """MLflow / W&B through Ray's integrations, on rank 0 only; empty when none is configured."""
+    if rank != 0:
+        return []
+    trackers: list[tuple[str, Any]] = []
     if "mlflow" in s.log_to:
         from ray.air.integrations.mlflow import setup_mlflow
 
-        return ("mlflow", setup_mlflow(config=None, experiment_name=s.run_name, rank_zero_only=False))
-    from ray.air.integrations.wandb import setup_wandb
+        mlflow = setup_mlflow(
+            tracking_uri=s.tracking_uri,
+            experiment_name=s.run_name,
+            create_experiment_if_not_exists=True,
+            run_name=s.run_name,
+            rank_zero_only=False,
+        )
+        trackers.append(("mlflow", mlflow))
+    if "wandb" in s.log_to:
+        from ray.air.integrations.wandb import setup_wandb
 
-    return ("wandb", setup_wandb(project="raystep", name=s.run_name, rank_zero_only=False))
+        if not os.environ.get("WANDB_API_KEY"):
+            os.environ.setdefault("WANDB_MODE", "offline")  # no key: log locally, `wandb sync` later
+        Path(s.tracking_dir, "wandb").mkdir(parents=True, exist_ok=True)
+        run = setup_wandb(project="raystep", name=s.run_name, dir=s.tracking_dir, rank_zero_only=False)
+        trackers.append(("wandb", run))
+    return trackers
 
 
-def _track(tracker: Any, row: dict[str, Any]) -> None:
-    if tracker is None:
-        return
-    kind, client = tracker
+def _track(trackers: list[tuple[str, Any]], row: dict[str, Any]) -> None:
     numeric = {k.replace("/", "_"): v for k, v in row.items() if isinstance(v, (int, float))}
-    if kind == "mlflow":
-        client.log_metrics(numeric, step=row["step"])
-    else:
-        client.log(numeric, step=row["step"])
+    for kind, client in trackers:
+        if kind == "mlflow":
+            client.log_metrics(numeric, step=row["step"])
+        else:
+            client.log(numeric, step=row["step"])
+
+
+def _close_trackers(trackers: list[tuple[str, Any]]) -> None:
+    for kind, client in trackers:
+        if kind == "mlflow":
+            client.end_run()
+        else:
+            client.finish()
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -337,7 +359,7 @@ def train_loop(config: dict[str, Any]) -> None:
     log = StepLog(train_dir)
     if rank == 0:
         log.start(start_step, total)
-    tracker = _tracker(s, rank)
+    trackers = _trackers(s, rank)
     settings = StepSettings.from_train_config(s)
     layout = "shared" if s.prefix_sharing else "two_sequence"
     device_name = torch.cuda.get_device_name(device) if s.use_gpu else "cpu"
@@ -393,7 +415,7 @@ def train_loop(config: dict[str, Any]) -> None:
         row["mfu"] = flops_utilisation(totals[7], seconds, device_name, world) if s.use_gpu else None
         if rank == 0:
             log.log(row)
-            _track(tracker, row)
+            _track(trackers, row)
         done = step + 1
         if done % s.checkpoint_every_steps == 0 or done == total:
             _save_and_report(engine, row, done, rank, ref_table)
@@ -403,6 +425,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if rank == 0:
         log.finish(total)
         plot_metrics(log.rows(), train_dir)
+    _close_trackers(trackers)
     phase("training done")
     if hf_zero3 is not None:  # the export below loads a plain (unpartitioned) copy on rank 0 only
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config

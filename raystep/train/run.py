@@ -103,6 +103,10 @@ def loop_settings(config: RunConfig, rows: list[dict[str, Any]], run_dir: RunDir
         trust_remote_code=config.model.trust_remote_code,
         lora=t.lora.model_dump() if t.lora.enabled else None,
         log_to=list(t.log_to),
+        tracking_uri=t.tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{run_dir.path / 'mlflow.db'}",
+        tracking_dir=str(run_dir.path),
         run_name=config.name,
         fault=fault,
     )
