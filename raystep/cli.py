@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from raystep.config import ConfigError, RunConfig, load_config
+from raystep.errors import BAD_INPUT, BROKEN, INTERRUPTED, ROWS_FAILED, InputError, RowsFailedError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("raystep.stages.collect", "sample N solutions per problem, grade them, keep every verdict"),
@@ -189,17 +190,23 @@ def main(argv: list[str] | None = None) -> int:
 
             ensure_ray()
         code = int(module.main(args) or 0)
-        if name in REPORTED:
+        if name in REPORTED and not getattr(args, "out", None):  # `--out DIR` writes outside the run folder
             from raystep.report import refresh_report
 
             refresh_report(config_from_args(args).run_dir)
         return code
     except ConfigError as exc:
         print(f"raystep {name}: config error:\n{exc}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
+    except (InputError, FileNotFoundError) as exc:  # the user fixes a file: one line names it
+        print(f"raystep {name}: {exc}", file=sys.stderr)
+        return BAD_INPUT
+    except RowsFailedError as exc:
+        print(f"raystep {name}: {exc}", file=sys.stderr)
+        return ROWS_FAILED
     except KeyboardInterrupt:
         print(f"raystep {name}: interrupted (a rerun resumes where it stopped)", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except Exception as exc:  # one line on the terminal, the whole traceback in a file
         from raystep.console import report_failure
 
@@ -207,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"raystep {name}: failed: {type(exc).__name__}: {exc} (full traceback: {path})", file=sys.stderr
         )
-        return 1
+        return BROKEN
 
 
 if __name__ == "__main__":

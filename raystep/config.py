@@ -22,8 +22,10 @@ from pydantic import (
     model_validator,
 )
 
+from raystep.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A run config that cannot be used; the message names the file and the key."""
 
 
@@ -518,6 +520,9 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    max_attempts: int = Field(default=3, ge=1)
+    """Attempts a failed unit of a data stage (a request or generation error, kept with its error)
+    gets over reruns of the stage; a rerun retries the failed units below it and keeps the done ones."""
 
     @field_validator("name")
     @classmethod

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from raystep.config import DataConfig
+from raystep.errors import InputError
 from raystep.grading import gold_answer, last_boxed
-from raystep.records import Rejects, RowError, check_row
+from raystep.records import Rejects, RowError, check_row, iter_json_lines
 
 LOCAL_FILES: dict[tuple[str, str], str] = {
     ("gsm8k", "train"): "gsm8k/train.jsonl",
@@ -65,7 +66,7 @@ _DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset that cannot be loaded at all (missing file, unreachable hub name, unknown source)."""
 
 
@@ -89,13 +90,19 @@ def _iter_file(path: Path, rejects: Rejects | None) -> Iterator[tuple[str, Any]]
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise RowError(f"{path}: not a readable Parquet file: {exc}") from None
+        for i, row in enumerate(table.to_pylist(), start=1):
             yield f"{path}:row {i}", row
     elif suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise RowError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        except UnicodeDecodeError as exc:
+            raise RowError(f"{path}: invalid UTF-8 (byte {exc.start})") from None
         if isinstance(data, dict):
             data = next((v for v in data.values() if isinstance(v, list)), None)
         if not isinstance(data, list):
@@ -103,19 +110,8 @@ def _iter_file(path: Path, rejects: Rejects | None) -> Iterator[tuple[str, Any]]
         for i, row in enumerate(data, start=1):
             yield f"{path}:item {i}", row
     else:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    reason = f"invalid JSON: {exc.msg} (column {exc.colno})"
-                    if rejects is None:
-                        raise RowError(f"{path}:{lineno}: {reason}") from None
-                    rejects.add(str(path), lineno, reason, line.rstrip("\n"))
-                    continue
-                yield f"{path}:{lineno}", row
+        for lineno, _line, row in iter_json_lines(path, rejects):
+            yield f"{path}:{lineno}", row
 
 
 def _load_hub(name: str, split: str) -> Iterator[tuple[str, Any]]:
@@ -228,6 +224,7 @@ def to_problem(
         raise ValueError(f"missing field '{cmap.get('answer', 'answer')}'")
     if not gold.strip():
         raise ValueError(f"field '{a_col or s_col}' gives an empty answer")
+    check_gold(dataset, gold, a_col or s_col or "answer")
 
     _, ident = _pick(raw, "id", cmap)
     if ident is not None and not isinstance(ident, (str, int)):
@@ -250,6 +247,25 @@ def to_problem(
         row["level"] = level
     check_row(row, "problem")
     return row
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def check_gold(dataset: str, gold: str, column: str) -> None:
+    """A gold answer the grader can use: GSM8K's is a number (its ``#### N``), any other is balanced
+    LaTeX. Caught at load, so a broken row never becomes a gold answer like "no final number here"."""
+    if dataset.lower().startswith("gsm8k") and not _NUMBER.fullmatch(gold):
+        raise ValueError(
+            f"field '{column}' has no final '#### <number>' answer (gold would be {gold[:40]!r})"
+        )
+    depth = 0
+    for ch in gold:
+        depth += (ch == "{") - (ch == "}")
+        if depth < 0:
+            break
+    if depth != 0:
+        raise ValueError(f"field '{column}': answer {gold[:40]!r} has unbalanced braces")
 
 
 def _convert_all(

@@ -25,6 +25,7 @@ from typing import Any
 
 from raystep.cli import add_config_arguments
 from raystep.config import DataConfig, RunConfig, load_config
+from raystep.errors import RowsFailedError
 from raystep.local_ray import ensure_ray
 from raystep.runs import RunDir, timed_stage
 
@@ -363,6 +364,11 @@ def run(config: RunConfig, size: str = "full", progress: bool = True) -> dict[st
         start = time.time()
         print(f"[demo] {name} ...", flush=True)
         result = fn(*args)
+        if isinstance(result, dict) and result.get("failed_units"):
+            raise RowsFailedError(
+                f"{name}: {result['failed_units']} units failed and were kept with their error (see the run's "
+                f"manifest); rerun the demo to retry them"
+            )
         elapsed = round(time.time() - start, 1)
         if did_nothing(name, result) and name in first_run:
             seconds[name] = first_run[name]

@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 import time
 from typing import Any
 
 from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
-from raystep.runs import RunDir
+from raystep.errors import ROWS_FAILED
+from raystep.runs import RunDir, report_failures
 
 STAGE_MODULES: dict[str, str] = {
     "collect": "raystep.stages.collect",
@@ -39,6 +41,10 @@ def run(config: RunConfig, stages: list[str] | None = None) -> dict[str, Any]:
         print(f"[raystep pipeline] {name} ...", flush=True)
         results[name] = importlib.import_module(STAGE_MODULES[name]).run(config)
         print(f"[raystep pipeline] {name} done in {time.time() - start:.1f}s", flush=True)
+        if results[name].get("failed_units"):  # later stages would build on the holes
+            run_dir.update_manifest("pipeline", stages=chosen, status=f"stopped after {name}: rows failed")
+            results["stopped_after"] = name
+            return results
     run_dir.update_manifest("pipeline", stages=chosen, status="done")
     return results
 
@@ -54,4 +60,8 @@ def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     results = run(config, [s for s in args.stages.split(",") if s])
     print(json.dumps(results, indent=2, default=str))
+    stopped = results.get("stopped_after")
+    if stopped and report_failures(stopped, results[stopped], "units"):
+        print("raystep pipeline: stopped; rerun it to retry the failed rows and go on", file=sys.stderr)
+        return ROWS_FAILED
     return 0

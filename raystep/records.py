@@ -23,8 +23,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raystep.errors import InputError
 
-class RowError(ValueError):
+
+class RowError(InputError):
     """A row that does not fit its schema; the message names file and line."""
 
 
@@ -158,28 +160,50 @@ class Rejects:
         self.reasons[key] = self.reasons.get(key, 0) + 1
 
 
+def iter_json_lines(
+    path: str | os.PathLike[str], rejects: Rejects | None = None
+) -> Iterator[tuple[int, str, Any]]:
+    """``(line number, line, parsed value)`` of each non-blank line of a JSONL file. A line that is not
+    UTF-8 or not JSON raises ``RowError`` naming the file and line, or goes to ``rejects``."""
+    source = str(path)
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+                value = json.loads(line)
+            except UnicodeDecodeError as exc:
+                reason, line = f"invalid UTF-8 (byte {exc.start})", raw.decode("utf-8", "replace")
+            except json.JSONDecodeError as exc:
+                reason = f"invalid JSON: {exc.msg} (column {exc.colno})"
+            except RecursionError:
+                reason = "invalid JSON: nested too deeply"
+            else:
+                yield lineno, line, value
+                continue
+            if rejects is None:
+                raise RowError(f"{source}:{lineno}: {reason}")
+            rejects.add(source, lineno, reason, line.rstrip("\n"))
+
+
 def iter_jsonl(
     path: str | os.PathLike[str], kind: str | None = None, rejects: Rejects | None = None
 ) -> Iterator[dict[str, Any]]:
     """Yield rows of a JSONL file; bad rows raise ``RowError`` (file:line) or go to ``rejects``."""
     source = str(path)
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if kind is not None:
-                    check_row(row, kind)
-                elif not isinstance(row, dict):
-                    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-            except (json.JSONDecodeError, ValueError) as exc:
-                reason = f"invalid JSON: {exc}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-                if rejects is None:
-                    raise RowError(f"{source}:{lineno}: {reason}") from None
-                rejects.add(source, lineno, reason, line.rstrip("\n"))
-                continue
-            yield row
+    for lineno, line, row in iter_json_lines(path, rejects):
+        try:
+            if kind is not None:
+                check_row(row, kind)
+            elif not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+        except ValueError as exc:
+            if rejects is None:
+                raise RowError(f"{source}:{lineno}: {exc}") from None
+            rejects.add(source, lineno, str(exc), line.rstrip("\n"))
+            continue
+        yield row
 
 
 def read_jsonl(
@@ -233,7 +257,11 @@ def read_parquet(path: str | os.PathLike[str], kind: str | None = None) -> list[
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     rows: list[dict[str, Any]] = []
     for f in files:
-        for i, row in enumerate(pq.read_table(f).to_pylist(), start=1):
+        try:
+            table = pq.read_table(f)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise RowError(f"{f}: not a readable Parquet file: {exc}") from None
+        for i, row in enumerate(table.to_pylist(), start=1):
             if kind is not None:
                 try:
                     check_row(row, kind)

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,4 +105,20 @@ def timed_stage(run: RunDir, stage: str) -> Iterator[dict[str, Any]]:
     except BaseException as exc:
         run.update_manifest(stage, status="failed", error=f"{type(exc).__name__}: {exc}", **stats)
         raise
-    run.update_manifest(stage, status="done", seconds=round(time.time() - start, 3), **stats)
+    status = "failed_rows" if stats.get("failed_units") else "done"  # a rerun retries them
+    run.update_manifest(stage, status=status, seconds=round(time.time() - start, 3), **stats)
+
+
+def report_failures(stage: str, stats: dict[str, Any], units: str) -> bool:
+    """Print the stage's last line when rows failed and were kept (exit code 3); whether any did."""
+    failed = int(stats.get("failed_units") or 0)
+    if not failed:
+        return False
+    final = int(stats.get("failed_units_final") or 0)
+    retry = f"a rerun retries {failed - final} of them" if failed > final else "none is retried any more"
+    print(
+        f"raystep {stage}: {failed} {units} failed and were kept with their error "
+        f"({final} after {stats.get('max_attempts')} attempts); {retry}",
+        file=sys.stderr,
+    )
+    return True

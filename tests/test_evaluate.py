@@ -19,6 +19,7 @@ from fake_answers_server import FakeAnswersServer
 from raystep.cli import main as cli_main
 from raystep.config import load_config
 from raystep.datasets import load_benchmark
+from raystep.errors import ROWS_FAILED
 from raystep.evaluate.samples import read_log, repair_tail
 from raystep.records import RowError
 
@@ -131,7 +132,9 @@ def test_failed_requests_are_retried_then_kept_with_their_error_and_redone_on_re
     args = eval_args("", tmp_path, "--benchmarks", "gsm8k", "--limit", "4", "--set", "eval.max_retries=2")
     with FakeAnswersServer(answers, fail_times={flaky: 2, broken: 10}) as server:
         args[2] = server.base_url
-        assert cli_main(args) == 1  # an item still failing makes the command fail, after writing everything
+        assert (
+            cli_main(args) == ROWS_FAILED
+        )  # an item still failing makes the command fail, after writing everything
         assert server.count(flaky) == 3 and server.count(broken) == 3
     summary, rows = check_folder(tmp_path / "gsm8k", 4)
     by_id = {r["id"]: r for r in rows}

@@ -76,19 +76,20 @@ def write_samples(run_dir: Path, rows: list[dict[str, Any]], per_shard: int = 8)
         shards.write([r for u in units for r in by_problem[u]], units)
 
 
+def stage_settings(tmp_path: Path, *overrides: str) -> list[str]:
+    return [
+        f"storage.root={tmp_path / 'runs'}",
+        "name=loc",
+        "localize.methods=[verifier]",
+        f"localize.verifier={CHECKER}",
+        "localize.batch_size=3",
+        "sampling.shard_size=4",
+        *overrides,
+    ]
+
+
 def stage_config(tmp_path: Path, *overrides: str):
-    return load_config(
-        None,
-        [
-            f"storage.root={tmp_path / 'runs'}",
-            "name=loc",
-            "localize.methods=[verifier]",
-            f"localize.verifier={CHECKER}",
-            "localize.batch_size=3",
-            "sampling.shard_size=4",
-            *overrides,
-        ],
-    )
+    return load_config(None, stage_settings(tmp_path, *overrides))
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from raystep.config import EvalConfig
 from raystep.endpoint import EndpointClient, api_key_from_env
+from raystep.errors import InputError
 from raystep.evaluate import samples as sample_log
 from raystep.evaluate.report import summarize, write_report
 from raystep.records import append_jsonl
@@ -30,7 +31,7 @@ SETTINGS_FIELDS = ("benchmark", "model", "api", "template", "temperature", "top_
 Flush = Callable[[list[dict[str, Any]]], None]
 
 
-class EvalError(ValueError):
+class EvalError(InputError):
     """An evaluation that cannot run as asked (mixed settings, unknown benchmark); the CLI prints it."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
 from raystep.datasets import BENCHMARKS
+from raystep.errors import BAD_INPUT, ROWS_FAILED
 from raystep.runs import RunDir, timed_stage
 
 GRADER_WORKERS = max(1, min(4, (os.cpu_count() or 2) // 2))
@@ -154,7 +155,7 @@ def main(args: argparse.Namespace) -> int:
         result = evaluate(config, args.out, progress) if args.out else run(config)
     except EvalError as exc:
         print(f"raystep eval: {exc}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     for bench, s in result["benchmarks"].items():
         lo, hi = s["ci95"]
         c = s["counts"]
@@ -164,4 +165,11 @@ def main(args: argparse.Namespace) -> int:
             f"request errors {c['request_errors']}"
         )
     print(f"outputs: {result['out_dir']}")
-    return 1 if any(s["counts"]["request_errors"] for s in result["benchmarks"].values()) else 0
+    failed = sum(s["counts"]["request_errors"] for s in result["benchmarks"].values())
+    if failed:
+        print(
+            f"raystep eval: {failed} requests failed and were kept with their error; a rerun retries them",
+            file=sys.stderr,
+        )
+        return ROWS_FAILED
+    return 0

@@ -25,9 +25,10 @@ from raystep.config import RunConfig
 from raystep.engines import prompt_tokenizer, sampling_defaults
 from raystep.engines.base import fan_out, normalize_sampling
 from raystep.engines.graded import fold_errors, generate_and_grade
+from raystep.errors import ROWS_FAILED, EmptyInputError
 from raystep.records import PROBLEM_FIELDS, SAMPLE_FIELDS, Rejects
-from raystep.runs import RunDir, timed_stage
-from raystep.stages.shards import ShardSet, UnitBuffer, require_unique
+from raystep.runs import RunDir, report_failures, timed_stage
+from raystep.stages.shards import ShardSet, UnitBuffer, failure_stats, require_unique
 
 PROBLEM_KEYS: tuple[str, ...] = tuple(PROBLEM_FIELDS)
 
@@ -36,6 +37,9 @@ def load_run_problems(config: RunConfig, run: RunDir) -> list[dict[str, Any]]:
     """The run's problems: read back from ``problems/`` when written, else loaded and written there."""
     shards = ShardSet(run.stage("problems"), schema=PROBLEM_FIELDS, kind="problem")
     wanted = config.data.model_dump(mode="json")
+    if shards.files() and not shards.done_units():  # an empty set recorded by an older raystep
+        for path in shards.files():
+            path.unlink()
     if shards.files():
         recorded = run.read_manifest().get("stages", {}).get("problems", {}).get("data")
         if recorded is not None and recorded != wanted:
@@ -49,6 +53,14 @@ def load_run_problems(config: RunConfig, run: RunDir) -> list[dict[str, Any]]:
 
     rejects = Rejects(run.stage("problems") / "rejects.jsonl") if config.data.rejects else None
     problems = load_problems(config.data, rejects=rejects)
+    if not problems:
+        where = config.data.path or config.data.hub_name or config.data.source
+        rejected = (
+            f" ({rejects.count} rejected, see {rejects.path})"
+            if rejects is not None and rejects.count
+            else ""
+        )
+        raise EmptyInputError(f"{where}: no problems to collect{rejected}")
     require_unique(problems, "id", "problem ids must be unique (they are the unit of resume)")
     shards.write(problems, [p["id"] for p in problems])
     run.update_manifest("problems", data=wanted, problems=len(problems))
@@ -119,9 +131,12 @@ def run(config: RunConfig) -> dict[str, Any]:
     with timed_stage(run_dir, "collect") as stats:
         problems = load_run_problems(config, run_dir)
         shards = ShardSet(run_dir.stage("samples"), schema=SAMPLE_FIELDS, kind="sample")
+        attempts = shards.reopen_failed("id", config.max_attempts)
         done = shards.done_units()
         todo = [p for p in problems if p["id"] not in done]
-        stats.update(problems_resumed=len(problems) - len(todo), problems_todo=len(todo))
+        stats.update(
+            problems_resumed=len(problems) - len(todo), problems_todo=len(todo), retried=len(attempts)
+        )
         start = time.time()
         if todo:
             n = config.sampling.n
@@ -135,6 +150,7 @@ def run(config: RunConfig) -> dict[str, Any]:
                     (fold_errors(r) for r in rows), key=lambda r: r["sample_index"]
                 ),
                 on_unit=lambda _unit, _rows: bar.update(1),
+                attempts=attempts,
             )
             requests = sample_requests(config, todo, prompt_tokenizer(config))
             for row in generate_and_grade(config, requests, to_sample):
@@ -149,6 +165,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         stats["generate_seconds"] = round(elapsed, 3)
         stats["samples_per_s"] = round(new_samples / elapsed, 3) if todo and elapsed > 0 else None
         stats["shards"] = len(shards.files())
+        stats.update(failure_stats(shards, config.max_attempts))
     return stats
 
 
@@ -160,4 +177,4 @@ def main(args: argparse.Namespace) -> int:
     stats = run(config_from_args(args))
     brief = {k: v for k, v in stats.items() if k != "per_problem_accuracy"}
     print(json.dumps(brief, indent=2))
-    return 0
+    return ROWS_FAILED if report_failures("collect", stats, "problems") else 0

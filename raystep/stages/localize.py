@@ -21,9 +21,10 @@ from typing import Any
 
 from raystep.config import RunConfig
 from raystep.engine_args import engine_env, resolve_device
+from raystep.errors import ROWS_FAILED
 from raystep.records import LOCALIZED_FIELDS, read_parquet
-from raystep.runs import RunDir, timed_stage
-from raystep.stages.shards import ShardSet, UnitBuffer, require_unique
+from raystep.runs import RunDir, report_failures, timed_stage
+from raystep.stages.shards import ShardSet, UnitBuffer, failure_stats, require_unique
 
 STAGE = "localize"
 
@@ -43,6 +44,17 @@ class LocalizeUDF:
 
         rows = [json.loads(s) for s in batch["row"]]
         return {"row": [json.dumps(r, ensure_ascii=False) for r in locate_safely(self.localizer, rows)]}
+
+
+def not_answered(row: dict[str, Any]) -> bool:
+    """A row no localizer could label because something failed (a request, a reply, an engine): it is
+    retried on a rerun. Methods that answered and disagree (``combine: agree``) gave their verdict."""
+    error = str(row.get("error") or "")
+    return bool(error) and not (error.startswith("disagree:") and _all_methods_answered(row))
+
+
+def _all_methods_answered(row: dict[str, Any]) -> bool:
+    return all(not res.get("error") for res in method_results(row).values())
 
 
 def to_localized_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -198,10 +210,11 @@ def run(config: RunConfig) -> dict[str, Any]:
         stats.update(counts, methods=list(loc.methods), combine=loc.combine)
         out_dir = run_dir.stage("localized")
         shards = ShardSet(out_dir, schema=LOCALIZED_FIELDS, kind="localized")
+        attempts = shards.reopen_failed("sample_id", config.max_attempts)
         done = shards.done_units()
         require_unique(wrong, "sample_id", f"{samples_dir}: sample_id must be unique (the unit of localize)")
         todo = [s for s in wrong if str(s["sample_id"]) not in done]
-        stats.update(already_done=len(wrong) - len(todo), todo=len(todo))
+        stats.update(already_done=len(wrong) - len(todo), todo=len(todo), retried=len(attempts))
         if "judge" in loc.methods:
             from raystep.stages.localizers import require_reference
 
@@ -228,6 +241,8 @@ def run(config: RunConfig) -> dict[str, Any]:
                 expected={str(s["sample_id"]): 1 for s in todo},
                 key="sample_id",
                 units_per_shard=config.sampling.shard_size,
+                failed=lambda rows: any(not_answered(r) for r in rows),
+                attempts=attempts,
             )
             fresh: list[dict[str, Any]] = []
             with tqdm(total=len(todo), desc="localize", unit="sample") as bar:
@@ -241,6 +256,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         all_rows = shards.rows()
         stats.update(summarize(all_rows))
         stats["shards"] = len(shards.files())
+        stats.update(failure_stats(shards, config.max_attempts))
         stats["plot"] = str(plot_first_wrong_steps(all_rows, out_dir / "first_wrong_step.png"))
     return stats
 
@@ -258,4 +274,4 @@ def main(args: argparse.Namespace) -> int:
     stats = run(config)
     print(json.dumps(stats, indent=2, default=str))
     print(f"localized/ written to {Path(config.run_dir) / 'localized'}")
-    return 0
+    return ROWS_FAILED if report_failures("localize", stats, "samples") else 0

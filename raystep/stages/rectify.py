@@ -32,9 +32,10 @@ from raystep.config import RunConfig
 from raystep.engines import prompt_tokenizer
 from raystep.engines.base import derive_seed, make_sampling
 from raystep.engines.graded import fold_errors, generate_and_grade
+from raystep.errors import ROWS_FAILED
 from raystep.records import PAIR_FIELDS, PUBLIC_PAIR_FIELDS, read_parquet, to_public_pair, write_jsonl
-from raystep.runs import RunDir, timed_stage
-from raystep.stages.shards import ShardSet, UnitBuffer, require_unique
+from raystep.runs import RunDir, report_failures, timed_stage
+from raystep.stages.shards import ShardSet, UnitBuffer, failure_stats, require_unique
 
 CHOSEN_VERIFIER = "raystep.stages.localizers.chosen:verify_pairs"
 """Import path of the ``rectify.verify_chosen`` filter (owned by the localize area):
@@ -303,9 +304,12 @@ def _phase_continuations(
     config: RunConfig, run: RunDir, units: list[dict[str, Any]], stats: dict[str, Any], tokenizer: Any
 ) -> ShardSet:
     shards = ShardSet(run.stage("rectified"))
+    attempts = shards.reopen_failed("sample_id", config.max_attempts)
+    if attempts:  # pairs built from those continuations are rebuilt from the new ones
+        ShardSet(run.stage("pairs"), schema=PAIR_FIELDS).drop_units_everywhere(set(attempts), "sample_id")
     done = shards.done_units()
     todo = [u for u in units if u["sample_id"] not in done]
-    stats.update(samples_resumed=len(units) - len(todo), samples_todo=len(todo))
+    stats.update(samples_resumed=len(units) - len(todo), samples_todo=len(todo), retried=len(attempts))
     if todo:
         bar = tqdm(total=len(todo), desc="rectify: continuations", unit="sample", dynamic_ncols=True)
         buffer = UnitBuffer(
@@ -317,6 +321,7 @@ def _phase_continuations(
                 (fold_errors(r) for r in rows), key=lambda r: r["continuation_index"]
             ),
             on_unit=lambda _u, _rows: bar.update(1),
+            attempts=attempts,
         )
         for row in generate_and_grade(
             config, continuation_requests(config, todo, tokenizer), to_continuation
@@ -415,6 +420,7 @@ def run(config: RunConfig) -> dict[str, Any]:
             pairs_jsonl=export_jsonl(pair_rows, pairs.folder / "pairs.jsonl"),
             public_fields=list(PUBLIC_PAIR_FIELDS),
         )
+        stats.update(failure_stats(continuations, config.max_attempts))
     return stats
 
 
@@ -423,5 +429,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    print(json.dumps(run(config_from_args(args)), indent=2))
-    return 0
+    stats = run(config_from_args(args))
+    print(json.dumps(stats, indent=2))
+    return ROWS_FAILED if report_failures("rectify", stats, "samples") else 0

@@ -8,6 +8,11 @@ a shard on disk is always whole and self-describing (a unit that produced no row
 A rerun asks ``ShardSet.done_units()`` and skips those units: a stage killed midway and rerun ends
 with exactly the rows of an uninterrupted run.
 
+A unit whose rows failed (a request or a generation error, kept with the error) is recorded in its
+shard's ``raystep.failed`` metadata with its attempt count. ``ShardSet.reopen_failed`` takes such units
+out of their shards (each rewritten atomically) so a rerun does them again, up to ``max_attempts``;
+the units done stay done.
+
 Usage::
 
     shards = ShardSet(run.stage("samples"), schema=records.SAMPLE_FIELDS)
@@ -36,6 +41,7 @@ import pyarrow.parquet as pq
 from raystep.records import FieldSpec, RowError, read_parquet
 
 UNITS_KEY = b"raystep.units"
+FAILED_KEY = b"raystep.failed"
 _SHARD = re.compile(r"^part-(\d{5,})\.parquet$")
 
 FAIL_AFTER_ENV = "RAYSTEP_FAIL_AFTER_SHARDS"
@@ -97,16 +103,63 @@ class ShardSet:
             )
         return list(json.loads(meta[UNITS_KEY]))
 
+    @staticmethod
+    def failed_of(path: Path) -> dict[str, int]:
+        """The units of a shard whose rows failed, with how many attempts each has had."""
+        meta = pq.read_schema(path).metadata or {}
+        return {str(u): int(n) for u, n in json.loads(meta.get(FAILED_KEY, b"{}")).items()}
+
     def done_units(self) -> set[str]:
-        """Units completed by the shards on disk."""
+        """Units completed by the shards on disk (failed ones included until reopened)."""
         return {u for f in self.files() for u in self.units_of(f)}
+
+    def failed_units(self) -> dict[str, int]:
+        """Units kept with an error, and their attempts so far."""
+        return {u: n for f in self.files() for u, n in self.failed_of(f).items()}
+
+    def reopen_failed(self, key: str, max_attempts: int) -> dict[str, int]:
+        """Take the failed units with fewer than ``max_attempts`` attempts out of their shards, so this
+        run redoes them; returns their attempts so far (for the next shard's count).
+
+        ``key`` is the row column naming a row's unit. Each shard is rewritten atomically: a run killed
+        in between leaves every unit either done or to do, never half of it.
+        """
+        reopened: dict[str, int] = {}
+        for path in self.files():
+            retry = {u: n for u, n in self.failed_of(path).items() if n < max_attempts}
+            if retry:
+                self.drop_units(path, set(retry), key)
+                reopened.update(retry)
+        return reopened
+
+    def drop_units(self, path: Path, units: set[str], key: str) -> None:
+        """Rewrite one shard without ``units`` (their rows, their names, their failure records)."""
+        table = pq.read_table(path)
+        meta = dict(table.schema.metadata or {})
+        keep = [str(v) not in units for v in table.column(key).to_pylist()] if len(table) else []
+        table = table.filter(pa.array(keep, type=pa.bool_())) if len(table) else table
+        meta[UNITS_KEY] = json.dumps([u for u in self.units_of(path) if u not in units]).encode()
+        failed = {u: n for u, n in self.failed_of(path).items() if u not in units}
+        meta[FAILED_KEY] = json.dumps(failed).encode()
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+        os.replace(tmp, path)
+
+    def drop_units_everywhere(self, units: set[str], key: str) -> None:
+        """Forget ``units`` in every shard (a downstream phase built from rows that are being redone)."""
+        for path in self.files():
+            if units & set(self.units_of(path)):
+                self.drop_units(path, units, key)
 
     def next_index(self) -> int:
         files = self.files()
         return int(_SHARD.match(files[-1].name).group(1)) + 1 if files else 0  # type: ignore[union-attr]
 
-    def write(self, rows: list[dict[str, Any]], units: Iterable[str]) -> Path:
-        """Commit ``rows`` (all rows of ``units``, nothing else) as the next shard, atomically."""
+    def write(
+        self, rows: list[dict[str, Any]], units: Iterable[str], failed: dict[str, int] | None = None
+    ) -> Path:
+        """Commit ``rows`` (all rows of ``units``, nothing else) as the next shard, atomically;
+        ``failed`` names the units whose rows failed, with their attempt count."""
         units = list(units)
         if rows:
             table = self._conform(pa.Table.from_pylist(rows))
@@ -116,6 +169,7 @@ class ShardSet:
             table = pa.table({})
         meta = dict(table.schema.metadata or {})
         meta[UNITS_KEY] = json.dumps(units).encode()
+        meta[FAILED_KEY] = json.dumps(failed or {}).encode()
         table = table.replace_schema_metadata(meta)
         path = self.folder / f"part-{self.next_index():05d}.parquet"
         tmp = path.with_name(path.name + ".tmp")
@@ -156,6 +210,21 @@ def require_unique(rows: Iterable[dict[str, Any]], key: str, where: str) -> None
         raise ValueError(f"{where}; duplicated: {duplicates[:5]}")
 
 
+def failure_stats(shards: ShardSet, max_attempts: int) -> dict[str, int]:
+    """The stage's failed units for its stats: all of them, and those out of attempts."""
+    failed = shards.failed_units()
+    return {
+        "failed_units": len(failed),
+        "failed_units_final": sum(n >= max_attempts for n in failed.values()),
+        "max_attempts": max_attempts,
+    }
+
+
+def rows_failed(rows: list[dict[str, Any]]) -> bool:
+    """The default failure test: a row of the unit kept an ``error``."""
+    return any(row.get("error") for row in rows)
+
+
 def _maybe_fail(folder: str, written: int) -> None:
     spec = os.environ.get(FAIL_AFTER_ENV, "").strip()
     if not spec:
@@ -174,7 +243,9 @@ class UnitBuffer:
     ``expected`` maps each pending unit to how many rows it will receive (a unit expecting 0 is
     complete at once). ``finalize(unit, rows) -> rows`` may transform a complete unit's rows (sort,
     aggregate, filter) before they are buffered for the shard. ``on_unit(unit, rows)`` is called
-    after, e.g. to advance a progress bar or update counters.
+    after, e.g. to advance a progress bar or update counters. ``failed(rows)`` says whether a unit's
+    (finalized) rows failed, to be retried on a rerun; ``attempts`` holds the earlier attempts of
+    reopened units.
     """
 
     def __init__(
@@ -185,6 +256,8 @@ class UnitBuffer:
         units_per_shard: int,
         finalize: Callable[[str, list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
         on_unit: Callable[[str, list[dict[str, Any]]], None] | None = None,
+        failed: Callable[[list[dict[str, Any]]], bool] | None = None,
+        attempts: dict[str, int] | None = None,
     ):
         self.shards = shards
         self.expected = dict(expected)
@@ -192,6 +265,10 @@ class UnitBuffer:
         self.units_per_shard = units_per_shard
         self.finalize = finalize
         self.on_unit = on_unit
+        self.failed = failed or rows_failed
+        self.attempts = attempts or {}
+        self.ready_failed: dict[str, int] = {}
+        self.failed_units: list[str] = []
         self.partial: dict[str, list[dict[str, Any]]] = {}
         self.ready_units: list[str] = []
         self.ready_rows: list[dict[str, Any]] = []
@@ -216,6 +293,9 @@ class UnitBuffer:
             rows = self.finalize(unit, rows)
         self.ready_units.append(unit)
         self.ready_rows.extend(rows)
+        if rows and self.failed(rows):
+            self.ready_failed[unit] = self.attempts.get(unit, 0) + 1
+            self.failed_units.append(unit)
         if self.on_unit is not None:
             self.on_unit(unit, rows)
         if len(self.ready_units) >= self.units_per_shard:
@@ -223,8 +303,10 @@ class UnitBuffer:
 
     def flush(self) -> None:
         if self.ready_units:
-            self.shards_written.append(self.shards.write(self.ready_rows, self.ready_units))
-            self.ready_units, self.ready_rows = [], []
+            self.shards_written.append(
+                self.shards.write(self.ready_rows, self.ready_units, self.ready_failed)
+            )
+            self.ready_units, self.ready_rows, self.ready_failed = [], [], {}
 
     def close(self) -> None:
         """Write what is left; raise when a unit never got all its rows (rows were lost upstream)."""
