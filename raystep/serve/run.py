@@ -70,10 +70,15 @@ def start(config: RunConfig) -> str:
     """
     from ray import serve
 
+    from raystep.local_ray import ensure_ray
+
     check_key(config)
     check_model(config)
     if not vllm_available():
         raise ServeStartError(f"serving needs vLLM, which is not installed: {VLLM_HINT}")
+    # serve.start alone would start Ray with the machine's cores as CPUs: on 2 cores the engine's
+    # placement group takes both and the ingress replica never schedules
+    ensure_ray()
     app = build_llm_app(config)
     quiet = {"log_level": "WARNING"}  # Serve's INFO lines belong in its log files, not on the terminal
     _forget_stale_serve()
