@@ -5,10 +5,10 @@ times a direct call in this process (``vllm.LLM.generate``; ``HFGenerator.genera
 through Ray Data as the stages run it (``raystep.engines.build_generator``: ``ray.data.llm``'s vLLM
 processor; the hf actor pool), and prints rows/s and generated tokens/s with the engine's start-up
 (model load, engine build, actor start) reported apart from steady-state throughput. Directly, steady
-state is the generate call alone. Through Ray Data, where start-up and generation overlap, the pipeline
-runs twice, on the first half of the rows and on all of them: the extra rows over the extra time is the
-steady-state rate, and what is left of the first run's time is the start-up. Greedy texts of the two
-paths of one engine are compared, and the ratios printed: Ray Data / direct per engine, and vLLM / hf.
+state is the generate call alone. Through Ray Data, where start-up and generation overlap, each output
+row's arrival is timed: start-up is the time to the first batch of results, steady state the later rows
+over the later time. Greedy texts of the two paths of one engine are compared, and the ratios printed:
+Ray Data / direct per engine, and vLLM / hf.
 
     python jobs/bench_generation.py                       # a tiny model built on the spot
     python jobs/bench_generation.py --prompts 256 --max-new-tokens 64 --engines vllm hf
@@ -106,35 +106,32 @@ def direct_vllm(config: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]
     return summarize(out, startup, elapsed)
 
 
-def run_pipeline(config: RunConfig, rows: list[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
-    """The engine as the stages run it, on a fresh Ray Data execution: (seconds, rows in input order)."""
+def through_ray_data(config: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The engine as the stages run it (``raystep.engines.build_generator``), each output row's arrival
+    timed. Start-up is the time to the first batch of results (engine load, actor start, the first
+    batch's generation); steady state is every later row over the time after that first batch."""
     import ray
 
     from raystep.engines import build_generator
 
     t0 = time.perf_counter()
-    out = build_generator(config)(ray.data.from_items(rows)).take_all()
-    elapsed = time.perf_counter() - t0
+    arrivals: list[float] = []
+    out: list[dict[str, Any]] = []
+    for row in build_generator(config)(ray.data.from_items(rows)).iter_rows():
+        arrivals.append(time.perf_counter() - t0)
+        out.append(row)
+    first = min(config.sampling.batch_size, len(out) - 1)  # the rows of the first batch
+    steady = max(arrivals[-1] - arrivals[first - 1], 1e-9)
     by_key = {(r["id"], r["sample_index"]): r for r in out}
-    return elapsed, [by_key[(r["id"], r["sample_index"])] for r in rows]
-
-
-def through_ray_data(config: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Half the rows, then all of them: the difference is steady-state work, the rest start-up."""
-    half = rows[: len(rows) // 2]
-    t_half, out_half = run_pipeline(config, half)
-    t_all, out_all = run_pipeline(config, rows)
-    extra_rows = len(rows) - len(half)
-    extra_tokens = sum(int(o["num_generated_tokens"]) for o in out_all[len(half) :])
-    extra_time = max(t_all - t_half, 1e-9)
-    rate = extra_rows / extra_time
+    ordered = [by_key[(r["id"], r["sample_index"])] for r in rows]
+    tokens = sum(int(r["num_generated_tokens"]) for r in out[first:])
     return {
-        "startup_seconds": round(max(t_half - len(half) / rate, 0.0), 2),
-        "steady_seconds": round(extra_time, 2),
-        "rows_per_s_steady": round(rate, 2),
-        "tokens_per_s_steady": round(extra_tokens / extra_time, 1),
-        "runs_seconds": [round(t_half, 2), round(t_all, 2)],
-        "texts": [o["generated_text"] for o in out_all],
+        "startup_seconds": round(arrivals[first - 1], 2),
+        "steady_seconds": round(steady, 2),
+        "rows_per_s_steady": round((len(out) - first) / steady, 2),
+        "tokens_per_s_steady": round(tokens / steady, 1),
+        "total_seconds": round(arrivals[-1], 2),
+        "texts": [o["generated_text"] for o in ordered],
     }
 
 
@@ -161,7 +158,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--n", type=int, default=1, help="samples per prompt (fanned-out rows)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=1, help="Ray Data engine replicas")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the direct hf side")
     parser.add_argument(

@@ -47,6 +47,8 @@ def vllm_engine_kwargs(config: RunConfig, device: Device) -> dict[str, Any]:
         kwargs["tokenizer"] = m.tokenizer
     if e.max_model_len is not None:
         kwargs["max_model_len"] = e.max_model_len
+    if e.max_num_seqs is not None:
+        kwargs["max_num_seqs"] = e.max_num_seqs
     if device == "cpu":
         kwargs.update(
             dtype="float32" if m.dtype == "auto" else m.dtype,

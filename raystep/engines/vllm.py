@@ -47,6 +47,10 @@ VLLM_COLUMNS: frozenset[str] = frozenset(
 """Columns the processor adds (or we add for it) that are dropped from the output rows."""
 
 
+ROWS_IN_FLIGHT_PER_SEQ = 4
+"""Rows a sampling replica keeps in flight per sequence slot of its engine (``engine.max_num_seqs``)."""
+
+
 def processor_config_kwargs(config: RunConfig, device: Device | None = None) -> dict[str, Any]:
     """The ``vLLMEngineProcessorConfig`` arguments for this run (a plain dict, testable anywhere).
 
@@ -59,6 +63,11 @@ def processor_config_kwargs(config: RunConfig, device: Device | None = None) -> 
         "model_source": config.model.path,
         "engine_kwargs": vllm_engine_kwargs(config, device),
         "batch_size": config.sampling.batch_size,
+        # rows in flight: 4x what the engine's scheduler runs at once, so a finished batch's slots are
+        # refilled from its queue at once instead of waiting for the next batch (jobs/bench_generation.py)
+        "max_concurrent_batches": -(
+            -ROWS_IN_FLIGHT_PER_SEQ * (config.engine.max_num_seqs or 256) // config.sampling.batch_size
+        ),
         "concurrency": (config.sampling.concurrency, config.sampling.concurrency),
         "placement_group_config": {"bundles": placement_bundles(config, device)},
         "runtime_env": {"env_vars": engine_env(config, device)},
