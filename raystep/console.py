@@ -48,6 +48,9 @@ def quiet_libraries() -> None:
             os.environ.setdefault(name, value)
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    # Something in a long run (Ray's JSON logging config reaches the driver) turns the root logger to INFO;
+    # raystep owns its process, so every library's INFO line is the log files' business, not the terminal's.
+    logging.getLogger().setLevel(logging.WARNING)
     # Ray LLM gives each of its module loggers (under ray.llm, and under ray.serve for its Serve builders)
     # an INFO handler of their own unless the parent already has one: give the parents one at WARNING.
     for parent in ("ray.llm", "ray.serve"):

@@ -25,6 +25,7 @@ from typing import Any
 
 from raystep.cli import add_config_arguments
 from raystep.config import DataConfig, RunConfig, load_config
+from raystep.console import quiet_libraries
 from raystep.errors import RowsFailedError
 from raystep.local_ray import ensure_ray
 from raystep.runs import RunDir, timed_stage
@@ -362,6 +363,7 @@ def run(config: RunConfig, size: str = "full", progress: bool = True) -> dict[st
     def timed(name: str, fn, *args):
         """Run one step; a step that found its work already done reports the time of the run that did it."""
         start = time.time()
+        quiet_libraries()  # the step before may have turned a library's logger back up
         print(f"[demo] {name} ...", flush=True)
         result = fn(*args)
         if isinstance(result, dict) and result.get("failed_units"):

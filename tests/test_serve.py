@@ -9,6 +9,7 @@ run in this process, so a wrong model, template or position shows up as differen
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import socket
 from pathlib import Path
@@ -31,6 +32,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+BUILDER_INFO: list[logging.LogRecord] = []
+
+
+class KeepRecords(logging.Handler):
+    def __init__(self, level: int):
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_starting_the_app_prints_no_library_info_lines(server):
+    """The builder dumps its deployment options at INFO; a user of ``raystep serve`` must not see them."""
+    assert [r.getMessage()[:60] for r in BUILDER_INFO] == []
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +77,15 @@ def server(tiny_model: Path):
             },
         }
     )
-    url = start(config)
+    # what ray.serve.llm's app builder would print on the terminal at INFO (importing ray.serve sets INFO)
+    builder = logging.getLogger("ray.serve.ray.llm._internal.serve.core.server.builder")
+    kept = KeepRecords(level=logging.INFO)
+    builder.addHandler(kept)
+    try:
+        url = start(config)
+    finally:
+        builder.removeHandler(kept)
+    BUILDER_INFO.extend(kept.records)
     try:
         yield url
     finally:

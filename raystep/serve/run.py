@@ -70,8 +70,10 @@ def start(config: RunConfig) -> str:
     """
     from ray import serve
 
+    from raystep.console import quiet_libraries
     from raystep.local_ray import ensure_ray
 
+    quiet_libraries()  # importing ray.serve sets its logger to INFO: ray.serve.llm's builder would dump its options
     check_key(config)
     check_model(config)
     if not vllm_available():
