@@ -18,7 +18,7 @@ from typing import Any
 from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
 from raystep.datasets import BENCHMARKS
-from raystep.errors import BAD_INPUT, ROWS_FAILED
+from raystep.errors import ROWS_FAILED
 from raystep.runs import RunDir, timed_stage
 
 GRADER_WORKERS = max(1, min(4, (os.cpu_count() or 2) // 2))
@@ -143,19 +143,13 @@ def config_with_flags(args: argparse.Namespace) -> RunConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from raystep.evaluate.benchmark import EvalError
-
     config = config_with_flags(args)
     progress = not args.no_progress
     if config.eval.k > 1 and config.eval.temperature == 0:
         print(
             "raystep eval: note: k > 1 with temperature 0 repeats the greedy answer k times", file=sys.stderr
         )
-    try:
-        result = evaluate(config, args.out, progress) if args.out else run(config)
-    except EvalError as exc:
-        print(f"raystep eval: {exc}", file=sys.stderr)
-        return BAD_INPUT
+    result = evaluate(config, args.out, progress) if args.out else run(config)  # EvalError: the CLI's exit 2
     for bench, s in result["benchmarks"].items():
         lo, hi = s["ci95"]
         c = s["counts"]
