@@ -124,8 +124,7 @@ def _load_hub(name: str, split: str, fix: str = DATA_FIX) -> Iterator[tuple[str,
         import datasets as hf_datasets
     except ImportError as exc:
         raise DatasetError(
-            f"loading hub dataset {name!r} needs the 'datasets' package (pip install raystep[hub]), "
-            f"or {fix}"
+            f"loading hub dataset {name!r} needs the 'datasets' package (pip install raystep[hub]), or {fix}"
         ) from exc
     configs: list[str | None] = list(HUB_CONFIGS.get(name, [None]))
     for config_name in configs:

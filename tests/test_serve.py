@@ -12,6 +12,9 @@ import concurrent.futures
 import logging
 import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -57,13 +60,15 @@ def server(tiny_model: Path):
     import ray
     from conftest import RAY_INIT_KWARGS
 
+    from raystep.local_ray import loopback_only
     from raystep.serve.run import shutdown, start
 
     # The ingress reads the key from its node's environment (a Kubernetes Secret on a cluster): start this
     # module's Ray with the key in the environment its processes inherit, as a node would have it.
     ray.shutdown()
     os.environ[KEY_ENV] = KEY
-    ray.init(**RAY_INIT_KWARGS)
+    with loopback_only() as local:
+        ray.init(**RAY_INIT_KWARGS, **local)
     config = RunConfig.model_validate(
         {
             "model": {"path": str(tiny_model)},
@@ -234,6 +239,190 @@ def test_off_loopback_the_key_is_required(server: str):
 def test_still_healthy_after_the_bad_requests(client: openai.OpenAI, reference):
     r = client.completions.create(model=MODEL_ID, prompt=PROMPTS[0], max_tokens=8, temperature=0)
     assert r.choices[0].text == reference(PROMPTS[0], 8)
+
+
+# --- limits before work: refused in the ingress, never failing or stalling the others --------------
+
+ROOT_PATHS = ("/openapi.json", "/docs", "/redoc")
+
+
+def root_of(server: str) -> str:
+    return server.removesuffix("/v1")
+
+
+def refusal(resp: httpx.Response, status: int, param: str | None = None) -> str:
+    """The OpenAI error of a refused request: its status, shape and the field it names; its message."""
+    assert_openai_error(resp, status)
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param, error
+    return error["message"]
+
+
+@pytest.mark.parametrize("path", ROOT_PATHS)
+def test_the_api_schema_and_docs_need_the_key(server: str, path: str):
+    url = root_of(server) + path
+    assert_openai_error(httpx.get(url, timeout=60), 401)
+    assert_openai_error(httpx.get(url, headers={"Authorization": "Bearer wrong"}, timeout=60), 401)
+    assert httpx.get(url, headers=AUTH, timeout=60).status_code == 200
+
+
+def test_models_show_the_model_id_and_no_filesystem_path(server: str, tiny_model: Path):
+    listed = httpx.get(f"{server}/models", headers=AUTH, timeout=60)
+    one = httpx.get(f"{server}/models/{MODEL_ID}", headers=AUTH, timeout=60)
+    assert [m["id"] for m in listed.json()["data"]] == [MODEL_ID] and one.json()["id"] == MODEL_ID
+    for text in (listed.text, one.text):
+        assert str(tiny_model) not in text and tiny_model.name not in text and "/tmp" not in text
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("seed", 2**70),
+        ("seed", -(2**64)),
+        ("seed", "7"),
+        ("max_tokens", 0),
+        ("max_tokens", CONTEXT + 1),
+        ("temperature", 2.5),
+        ("temperature", "hot"),
+        ("top_p", 0),
+        ("top_p", 1.01),
+        ("n", 0),
+        ("n", 17),
+        ("stop", ["a", "b", "c", "d", "e"]),
+        ("stop", [1, 2]),
+    ],
+)
+def test_every_sampling_field_is_range_checked_and_named(server: str, field: str, value):
+    body = {"model": MODEL_ID, "prompt": "hi", "max_tokens": 4, "temperature": 1.0, field: value}
+    resp = httpx.post(f"{server}/completions", json=body, headers=AUTH, timeout=60)
+    assert field in refusal(resp, 400, field)
+    chat = {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, field: value}
+    resp = httpx.post(f"{server}/chat/completions", json=chat, headers=AUTH, timeout=60)
+    assert field in refusal(resp, 400, field)
+
+
+def test_an_out_of_range_seed_fails_alone_among_requests_batched_with_it(server: str):
+    def one(seed: int) -> httpx.Response:
+        body = {"model": MODEL_ID, "prompt": PROMPTS[seed % 3], "max_tokens": 8, "temperature": 1.0}
+        return httpx.post(f"{server}/completions", json={**body, "seed": seed}, headers=AUTH, timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+        answers = list(pool.map(one, [*range(4), 2**70, *range(4, 8)]))
+    assert "seed" in refusal(answers[4], 400, "seed")
+    assert [r.status_code for r in answers[:4] + answers[5:]] == [200] * 8
+
+
+def test_prompts_times_n_is_limited_per_request(server: str):
+    body = {"model": MODEL_ID, "max_tokens": 2, "temperature": 1.0}
+    resp = httpx.post(
+        f"{server}/completions", json={**body, "prompt": ["hi"] * 128, "n": 16}, headers=AUTH, timeout=120
+    )
+    assert "2048 completions" in refusal(resp, 400, "n")
+    resp = httpx.post(f"{server}/completions", json={**body, "prompt": ["hi"] * 4, "n": 5}, headers=AUTH)
+    assert "serve.limits.max_choices" in refusal(resp, 400, "n")
+    ok = httpx.post(
+        f"{server}/completions", json={**body, "prompt": ["hi"] * 4, "n": 4}, headers=AUTH, timeout=120
+    )
+    assert ok.status_code == 200 and len(ok.json()["choices"]) == 16
+
+
+def test_a_prompt_over_the_length_limit_is_refused_before_the_engine(server: str):
+    too_long = "x" * (32 * CONTEXT + 1)  # serve.limits.max_prompt_chars: 32 per token of the context
+    body = {"model": MODEL_ID, "prompt": too_long, "max_tokens": 2}
+    message = refusal(httpx.post(f"{server}/completions", json=body, headers=AUTH, timeout=60), 400, "prompt")
+    assert "serve.limits.max_prompt_chars" in message
+    halves = [{"role": "user", "content": too_long[: len(too_long) // 2]}] * 2
+    chat = {"model": MODEL_ID, "messages": halves, "max_tokens": 2}
+    resp = httpx.post(f"{server}/chat/completions", json=chat, headers=AUTH, timeout=60)
+    assert "serve.limits.max_prompt_chars" in refusal(resp, 400, "messages")
+
+
+def test_deeply_nested_json_is_an_openai_400(server: str):
+    headers = {**AUTH, "Content-Type": "application/json"}
+    for depth in (100_000, 40):
+        raw = b'{"model": "tiny", "prompt": ' + b"[" * depth + b"]" * depth + b"}"
+        resp = httpx.post(f"{server}/completions", content=raw, headers=headers, timeout=60)
+        assert "nests more than 32 levels" in refusal(resp, 400), depth
+    resp = httpx.post(f"{server}/completions", content=b'{"model": "tiny", "prompt": ', headers=headers)
+    assert "not valid JSON" in refusal(resp, 400)
+
+
+def test_a_20_mb_body_is_refused_at_once_and_others_are_served(server: str, client: openai.OpenAI):
+    huge = {"model": MODEL_ID, "prompt": "Natalia sold clips to 48 of her friends. " * 500_000}
+    started = time.monotonic()
+    resp = httpx.post(f"{server}/completions", json=huge, headers=AUTH, timeout=120)
+    assert "serve.limits.max_request_bytes" in refusal(resp, 413)
+    assert time.monotonic() - started < 10
+    r = client.completions.create(model=MODEL_ID, prompt=PROMPTS[0], max_tokens=4, temperature=0)
+    assert r.choices[0].finish_reason == "length"
+
+
+def test_16_small_requests_stay_within_2x_while_a_maximal_request_is_served(server: str, reference):
+    """The biggest request the limits allow (a prompt and completions filling the context, as many
+    completions as one request may ask) streams while 16 small requests run side by side: each small
+    one must finish within twice the slowest of the same 16 sent with nothing else running."""
+    tok = reference.tokenizer
+    prompt = " ".join(PROMPTS * 8)
+    prompt = tok.decode(tok(prompt)["input_ids"][: CONTEXT // 2])
+    room = CONTEXT - len(tok(prompt)["input_ids"]) - 1
+    maximal = {
+        "model": MODEL_ID, "prompt": prompt, "n": 16, "max_tokens": room,
+        "temperature": 1.0, "ignore_eos": True, "stream": True,
+    }  # fmt: skip
+
+    def small(i: int) -> float:
+        body = {"model": MODEL_ID, "prompt": f"{PROMPTS[i % 3]} {i}", "max_tokens": 8, "temperature": 0}
+        started = time.monotonic()
+        resp = httpx.post(f"{server}/completions", json=body, headers=AUTH, timeout=120)
+        assert resp.status_code == 200, resp.text
+        return time.monotonic() - started
+
+    def sixteen() -> list[float]:
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            return list(pool.map(small, range(16)))
+
+    arrivals: list[float] = []
+
+    def serve_maximal() -> int:
+        with httpx.stream("POST", f"{server}/completions", json=maximal, headers=AUTH, timeout=300) as big:
+            for line in big.iter_lines():
+                if line.startswith("data: {"):
+                    arrivals.append(time.monotonic())
+            return big.status_code
+
+    sixteen()  # warm
+    unloaded = min(max(sixteen()) for _ in range(3))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        big = pool.submit(serve_maximal)
+        while not arrivals and not big.done():  # until the maximal request is being served
+            time.sleep(0.01)
+        loaded = sixteen()
+        loaded_end = time.monotonic()
+        assert big.result() == 200
+    assert arrivals and arrivals[-1] > loaded_end, "the maximal request ended first: nothing was measured"
+    print(f"unloaded: slowest of 16 {unloaded:.2f} s; beside the maximal request: {sorted(loaded)}")
+    assert max(loaded) <= 2 * unloaded, (unloaded, loaded)
+
+
+def test_a_taken_port_is_one_line_and_exit_2(tiny_model: Path, tmp_path: Path):
+    """``raystep serve`` on a port another server holds: one clear line, exit 2, nothing started."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "raystep.cli", "serve", "--model", str(tiny_model), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"raystep serve: cannot listen on 127.0.0.1:{port}: Address already in use (another server holds "
+        "the port?): choose a free one with --port or serve.port"
+    ]
 
 
 # --- the `endpoint` engine: the data stages sampling from this served policy ------------------------
