@@ -58,8 +58,11 @@ def ray_local():
     """
     import ray
 
+    from raystep.local_ray import loopback_only
+
     if not ray.is_initialized():
-        ray.init(**RAY_INIT_KWARGS)
+        with loopback_only() as local:  # Ray's services on 127.0.0.1 only, as a local raystep run has them
+            ray.init(**RAY_INIT_KWARGS, **local)
     return ray
 
 
