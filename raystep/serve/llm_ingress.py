@@ -162,6 +162,9 @@ def with_bearer_auth(base: type, endpoints: Iterable[str], name: str | None = No
     The constructor takes ``api_key_env`` (the variable's name) and ``require_key``: with a key required
     (any bind reachable from other hosts) it refuses to start when the variable is unset, so such an
     ingress is never left open by accident; otherwise a key that is set is enforced and none means open.
+    It also takes ``limits`` (:meth:`RequestLimits.as_dict`, from the Serve config). Serve calls the
+    class's ``__serve_build_asgi_app__`` on the replica after ``__init__``; it puts :class:`RequestGuard`
+    with that key and those limits into the FastAPI app Ray LLM built.
     """
 
     def __init__(
