@@ -28,7 +28,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("raystep.demo", "the whole loop on a built-in arithmetic world, on a local CPU Ray"),
     "ablate": (
         "raystep.synth.ablate",
-        "no training vs DPO vs Step-DPO on the arithmetic world, several seeds",
+        "no training, SFT, DPO, Step-DPO (gold / own steps) on an arithmetic world, over seeds",
+    ),
+    "sweep": (
+        "raystep.synth.sweep",
+        "learning rate and beta per method on the arithmetic world's valid split",
     ),
     "config": ("raystep.cli", "print the resolved run config (defaults, file and --set applied)"),
 }

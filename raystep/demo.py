@@ -63,6 +63,7 @@ def demo_overrides(size: str, port: int) -> list[str]:
         "data.source=synth",
         "data.split=train",
         f"data.limit={s['train_problems']}",
+        f"data.synth.policy.steps={s['warmup_steps']}",
         "sampling.engine=vllm",
         "engine.device=auto",
         "engine.max_model_len=512",
@@ -70,7 +71,7 @@ def demo_overrides(size: str, port: int) -> list[str]:
         f"sampling.n={s['samples']}",
         "sampling.temperature=0.8",
         "sampling.top_p=0.95",
-        "sampling.max_new_tokens=80",
+        "sampling.max_new_tokens=160",
         "sampling.batch_size=64",
         "sampling.concurrency=2",  # two light request actors keep the served policy busy between batches
         "sampling.shard_size=64",
@@ -78,9 +79,9 @@ def demo_overrides(size: str, port: int) -> list[str]:
         "localize.combine=first",
         "localize.verifier=arithmetic",
         f"localize.rollout.num_rollouts={s['rollouts']}",
-        "localize.rollout.max_new_tokens=80",
+        "localize.rollout.max_new_tokens=160",
         f"rectify.n={s['rectify_n']}",
-        "rectify.max_new_tokens=80",
+        "rectify.max_new_tokens=160",
         "rectify.max_pairs_per_sample=1",
         "train.mode=stepdpo",
         "train.beta=0.5",
@@ -103,22 +104,17 @@ def demo_overrides(size: str, port: int) -> list[str]:
         "eval.api=completions",
         "eval.template=plain",
         "eval.temperature=0.0",
-        "eval.max_tokens=96",
+        "eval.max_tokens=160",
         "eval.concurrency=16",
         f"eval.limit={s['test_problems']}",
     ]
 
 
 def policy_settings(config: RunConfig, size: str):
-    from raystep.synth.policy import PolicySettings
-    from raystep.synth.world import spec_from_config
+    """The warm-up of ``data.synth.policy`` (the demo's size sets its steps; ``--set`` wins)."""
+    from raystep.synth.policy import settings_from_config
 
-    return PolicySettings(
-        template=config.model.template,
-        steps=SIZES[size]["warmup_steps"],
-        seed=config.data.synth.seed,
-        world=spec_from_config(config.data),
-    )
+    return settings_from_config(config)
 
 
 def test_problems(config: RunConfig) -> list[dict[str, Any]]:

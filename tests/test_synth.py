@@ -147,6 +147,7 @@ def test_load_problems_reads_the_config_section():
             "data.source=synth",
             "data.split=test",
             "data.limit=12",
+            "data.synth.world=chain",
             "data.synth.seed=7",
             "data.synth.max_steps=2",
         ],
@@ -216,7 +217,7 @@ def test_first_wrong_step_rejects_foreign_questions():
 
 
 def test_warmup_data_mixes_correct_and_mistaken_solutions():
-    s = PolicySettings(num_examples=400, mistake_rate=0.3)
+    s = PolicySettings(num_examples=400, slip_rate=0.3)
     examples = warmup_examples(s)
     assert examples == warmup_examples(s)
     wrong = sum(1 for *_, w in examples if w)
@@ -261,16 +262,6 @@ def test_demo_settings_are_a_valid_run_config_and_user_overrides_win():
         assert cfg.localize.methods == ["verifier", "rollout"]
     cfg = load_config(None, [*demo_overrides("quick", 8399), "train.beta=0.3"])
     assert cfg.train.beta == 0.3
-
-
-def test_ablation_interval_is_a_t_interval_over_seeds():
-    from raystep.synth.ablate import mean_interval
-
-    one = mean_interval([0.5])
-    assert one["low"] == one["high"] == 0.5
-    three = mean_interval([0.4, 0.5, 0.6])
-    assert three["mean"] == pytest.approx(0.5)
-    assert three["high"] - three["mean"] == pytest.approx(4.30 * 0.1 / 3**0.5)
 
 
 @pytest.mark.slow
