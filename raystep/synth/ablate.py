@@ -51,13 +51,14 @@ learnt to copy and to compute, and what it still gets wrong is reading (see ``do
 
 
 def ablate_overrides(quick: bool) -> list[str]:
-    """The demo's settings, localized by the verifier alone (the rollouts are the demo's comparison),
-    with the ablation's warm-up and 200 held-out problems."""
+    """The demo's settings on the story world, localized by the verifier alone (the rollouts are the
+    demo's comparison), with the ablation's warm-up and 200 held-out problems."""
     from raystep import demo
 
     size = "quick" if quick else "full"
     return [
         *demo.demo_overrides(size, 8321),
+        "data.synth.world=story",
         "localize.methods=[verifier]",
         *([] if quick else [*WARMUP, "eval.limit=200"]),
     ]
