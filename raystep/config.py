@@ -135,10 +135,11 @@ class SynthConfig(Section):
     The shared knobs (steps, operands, amounts) left empty take the chosen world's own default.
     """
 
-    world: Literal["story", "chain"] = "story"
-    """``story``: two people, transfers and distractor sentences over small numbers, so a tiny policy's
-    mistakes are reasoning slips (``raystep.synth.story``). ``chain``: one amount and a chain of
-    operations over larger numbers, whose mistakes are mostly arithmetic (``raystep.synth.world``)."""
+    world: Literal["chain", "story"] = "chain"
+    """``chain``: one amount and a chain of operations over numbers up to 40, whose tiny policy's
+    mistakes are mostly arithmetic (``raystep.synth.world``; the demo's world). ``story``: two people,
+    transfers and distractor sentences over small numbers, whose mistakes are reasoning slips
+    (``raystep.synth.story``; the ablation's and the sweep's world)."""
     seed: int = 0
     """Seed of the generated problems."""
     num_problems: int = Field(default=200, ge=1)

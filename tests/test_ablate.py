@@ -149,7 +149,7 @@ def _fake_seed(seed: int, rnd: int, acc: dict[str, float]) -> dict:
 
 
 def test_summary_pairs_every_arm_with_step_dpo_and_tracks_rounds():
-    from raystep.synth.ablate import ARMS, METHOD, render, summarize
+    from raystep.synth.ablate_report import ARMS, METHOD, render, summarize
 
     cfg = load_config(None, ["data.source=synth"])
     rows = []

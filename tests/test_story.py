@@ -254,10 +254,9 @@ def test_story_splits_include_valid_and_never_share_a_question():
 
 
 def test_config_selects_the_world_and_its_knobs():
-    cfg = load_config(
-        None, ["data.source=synth", "data.split=valid", "data.limit=10", "data.synth.max_distractors=0"]
-    )
-    assert cfg.data.synth.world == "story"
+    assert load_config(None, []).data.synth.world == "chain"  # the demo's world unless chosen
+    story = ["data.source=synth", "data.synth.world=story", "data.split=valid", "data.limit=10"]
+    cfg = load_config(None, [*story, "data.synth.max_distractors=0"])
     rows = load_problems(cfg.data)
     assert len(rows) == 10
     for r in rows:

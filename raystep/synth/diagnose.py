@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the full report (responses included) here")
     args = parser.parse_args(argv)
-    cfg = load_config(None, ["data.source=synth", *args.overrides])
+    cfg = load_config(None, ["data.source=synth", "data.synth.world=story", *args.overrides])
     rows = load_problems(
         DataConfig(source="synth", split=args.split, limit=args.problems, synth=cfg.data.synth)
     )
