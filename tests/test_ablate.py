@@ -221,11 +221,18 @@ def test_pipeline_rounds_need_the_train_stage():
 
 
 @pytest.mark.slow
-def test_tiny_ablation_end_to_end(tmp_path, ray_local):
+def test_tiny_ablation_end_to_end(tmp_path, ray_local, monkeypatch):
     """warm-up -> pairs -> SFT, DPO, Step-DPO (gold and own) -> greedy and sampled evaluation -> report,
-    and a second round of Step-DPO from the first round's model. The ``hf`` engine: no engine start per
-    evaluation, so it fits a few minutes on two cores (the vLLM engine is tested by the stages' tests)."""
+    and a second round of Step-DPO from the first round's model. Every model is served with
+    ``ray.serve.llm`` (vLLM's CPU build) and sampled through the ``endpoint`` engine, as the demo does;
+    a rerun finds everything done and serves nothing."""
+    import socket
+
     from raystep.synth.ablate import ARMS, ablate_overrides, run
+
+    with socket.socket() as sock:  # a free port for the served models
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
 
     cfg = load_config(
         None,
@@ -233,7 +240,7 @@ def test_tiny_ablation_end_to_end(tmp_path, ray_local):
             *ablate_overrides(True),
             f"storage.root={tmp_path}",
             "name=tiny",
-            "sampling.engine=hf",
+            f"serve.port={port}",
             "data.limit=16",
             "eval.limit=8",
             "sampling.n=4",
@@ -265,3 +272,12 @@ def test_tiny_ablation_end_to_end(tmp_path, ray_local):
     assert [r["round"] for r in report["by_round"]] == [1, 2]
     text = (folder / "ablate.md").read_text()
     assert "| Step-DPO |" in text and "Step-DPO round" in text
+
+    from raystep.serve import run as serve_run
+
+    def refuse(_config):
+        raise AssertionError("a rerun with every answer in its folder served a model")
+
+    monkeypatch.setattr(serve_run, "start", refuse)
+    again = run(cfg, [0], rounds=2, samples=2, progress=False)
+    assert again["summary"] == report["summary"] and again["by_round"] == report["by_round"]

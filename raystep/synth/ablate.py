@@ -13,8 +13,11 @@ pairs with the same budget (epochs, batch) from the same start:
 
 Every model answers the same held-out problems (the world's ``test`` split, ``eval.limit`` of them)
 through the collect stage, greedily and sampled (temperature 0.8, ``--samples`` per problem), with the
-same sampling seeds for every arm; the engine is the configured one (``sampling.engine``: ``vllm`` by
-default, ``hf`` where vLLM cannot start quickly), so the ablation starts no server. The report gives each arm's mean
+same sampling seeds for every arm. Like the demo, each model is served once with ``ray.serve.llm``
+(vLLM, CPU or GPU) and every stage samples from it (``sampling.engine: endpoint``): the start policy
+answers its own evaluation and every seed's round-1 data stages, each trained arm its evaluation, and a
+round's Step-DPO model its evaluation and the next round's data stages. A model whose work is all in
+its folders already (a rerun) is not served again. The report gives each arm's mean
 over seeds with a Student-t interval, the paired difference of Step-DPO against every other arm per
 seed with its t-interval, the verifier's taxonomy of the greedy failures of every arm, and, with
 ``--rounds N``, iterative Step-DPO: round r collects with round r-1's Step-DPO model and trains from it.
@@ -27,13 +30,16 @@ trained again, and evaluations resume by folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from raystep.cli import add_config_arguments
 from raystep.config import RunConfig, apply_overrides, load_config
+from raystep.errors import RowsFailedError
 from raystep.runs import RunDir
 from raystep.synth.ablate_report import ARMS, METHOD, METRICS, plot, render, summarize
 
@@ -50,6 +56,16 @@ WARMUP = ["data.synth.policy.steps=4000", "data.synth.policy.num_examples=20000"
 learnt to copy and to compute, and what it still gets wrong is reading (see ``docs/demo.md``)."""
 
 
+STORY_LENGTHS = [
+    "sampling.max_new_tokens=160",
+    "localize.rollout.max_new_tokens=160",
+    "rectify.max_new_tokens=160",
+    "eval.max_tokens=160",
+]
+"""Room for story-length solutions (one step per sentence, each copying it): the chain world's 80 tokens
+would cut them off."""
+
+
 def ablate_overrides(quick: bool) -> list[str]:
     """The demo's settings on the story world, localized by the verifier alone (the rollouts are the
     demo's comparison), with the ablation's warm-up and 200 held-out problems."""
@@ -59,6 +75,7 @@ def ablate_overrides(quick: bool) -> list[str]:
     return [
         *demo.demo_overrides(size, 8321),
         "data.synth.world=story",
+        *STORY_LENGTHS,
         "localize.methods=[verifier]",
         *([] if quick else [*WARMUP, "eval.limit=200"]),
     ]
@@ -84,6 +101,75 @@ def arm_config(data_cfg: RunConfig, arm: str, pairs: Path, tuned: dict[str, list
     return cfg
 
 
+def checked(step: str, stats: dict[str, Any]) -> dict[str, Any]:
+    """A stage's stats, or :class:`RowsFailedError` when rows failed: what follows would build on holes."""
+    if stats.get("failed_units"):
+        raise RowsFailedError(
+            f"{step}: {stats['failed_units']} units failed and were kept with their error (see the run's "
+            "manifest); rerun the ablation to retry them"
+        )
+    return stats
+
+
+def finished(cfg: RunConfig, stages: tuple[str, ...]) -> bool:
+    """Whether ``cfg``'s folder holds these stages done, for this model, data and settings (whatever
+    engine sampled them): then a rerun needs no served model for them."""
+    prior = RunDir.from_config(cfg).read_manifest()
+    if any((prior.get("stages", {}).get(s) or {}).get("status") != "done" for s in stages):
+        return False
+    recorded, now = prior.get("config") or {}, cfg.model_dump(mode="json")
+    engine_free = ("engine", "endpoint", "concurrency", "batch_size")
+
+    def same(section: str, drop: tuple[str, ...] = ()) -> bool:
+        a, b = recorded.get(section) or {}, now[section]
+        return {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+    return (
+        same("data")
+        and same("sampling", engine_free)
+        and (not {"localize", "rectify"} & set(stages) or (same("localize") and same("rectify")))
+        and (recorded.get("model") or {}).get("path") == now["model"]["path"]
+    )
+
+
+def pairs_built(data_cfg: RunConfig) -> bool:
+    folder = RunDir.from_config(data_cfg).path / "pairs"
+    return finished(data_cfg, ("collect", "localize", "rectify")) and (folder / "gold.jsonl").exists()
+
+
+def evaluated(config: RunConfig, model_dir: str, name: str, samples: int, split: str = "test") -> bool:
+    return all(
+        finished(eval_config(config, model_dir, name, metric, samples, split), ("collect",))
+        for metric in METRICS
+    )
+
+
+@contextlib.contextmanager
+def served(config: RunConfig, model_dir: str, needed: bool = True) -> Iterator[str | None]:
+    """``model_dir`` served with ``ray.serve.llm`` (the demo's serving) while the block runs; yields its
+    URL, or None when ``needed`` is false (the block's work is all done: no engine start)."""
+    from raystep.console import quiet_libraries
+    from raystep.demo import eval_config as serve_config
+    from raystep.serve import run as serve_run
+
+    if not needed:
+        yield None
+        return
+    url = serve_run.start(serve_config(config, model_dir, "ablate"))
+    try:
+        yield url
+    finally:
+        serve_run.shutdown()
+        quiet_libraries()
+
+
+def through(cfg: RunConfig, url: str | None) -> RunConfig:
+    """``cfg`` sampling from the model served at ``url`` (unchanged without one: nothing left to sample)."""
+    from raystep.demo import served_config
+
+    return served_config(cfg, url) if url else cfg
+
+
 def count_lines(path: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
 
@@ -94,9 +180,9 @@ def build_pairs(data_cfg: RunConfig) -> dict[str, Any]:
     from raystep.stages import collect, localize, rectify
     from raystep.synth.gold import ood_pairs
 
-    collected = collect.run(data_cfg)
-    localize.run(data_cfg)
-    rectified = rectify.run(data_cfg)
+    collected = checked("collect", collect.run(data_cfg))
+    checked("localize", localize.run(data_cfg))
+    rectified = checked("rectify", rectify.run(data_cfg))
     folder = RunDir.from_config(data_cfg).path / "pairs"
     own = folder / "pairs.jsonl"
     gold = folder / "gold.jsonl"
@@ -164,7 +250,7 @@ def evaluate(
     out: dict[str, Any] = {}
     for metric in metrics:
         cfg = eval_config(config, model_dir, name, metric, samples, split)
-        stats = collect.run(cfg)
+        stats = checked(f"evaluation ({metric}) of {name}", collect.run(cfg))
         out[metric] = stats["accuracy"]
         out[f"{metric}_samples"] = stats["samples"]
         out[f"{metric}_folder"] = str(RunDir.from_config(cfg).path)
@@ -198,28 +284,43 @@ def run(
     base = config.model_copy(deep=True)
     base.model.path = str(policy_dir)
     ensure_ray()
-    baseline = evaluate(base, str(policy_dir), config.name + "-no-training", samples)
+    start_name = config.name + "-no-training"
+    first = {seed: round_config(base, config.name, seed, 1, str(policy_dir)) for seed in seeds}
+    needed = not evaluated(base, str(policy_dir), start_name, samples) or not all(
+        pairs_built(c) for c in first.values()
+    )
+    # the start policy, served once: its evaluation and every seed's round-1 pairs
+    with served(base, str(policy_dir), needed) as url:
+        baseline = evaluate(through(base, url), str(policy_dir), start_name, samples)
+        data = {seed: build_pairs(through(cfg, url)) for seed, cfg in first.items()}
     per_seed: list[dict[str, Any]] = []
     for seed in seeds:
-        start = str(policy_dir)
+        data_cfg, built = first[seed], data[seed]
         seed_rows: list[dict[str, Any]] = []
         for rnd in range(1, rounds + 1):
-            data_cfg = round_config(base, config.name, seed, rnd, start)
-            data = build_pairs(data_cfg)
-            files = data.pop("files")
-            row: dict[str, Any] = {"seed": seed, "round": rnd, **data, "arms": {}}
+            files = built.pop("files")
+            row: dict[str, Any] = {"seed": seed, "round": rnd, **built, "arms": {}}
             row["arms"]["no training"] = baseline if rnd == 1 else seed_rows[-1]["arms"][METHOD]
             arms = [a for a, spec in ARMS.items() if spec is not None] if rnd == 1 else [METHOD]
-            for arm in arms:
+            for arm in arms:  # Step-DPO last: its served model also builds the next round's pairs
                 _, whose = ARMS[arm]  # type: ignore[misc]
                 pairs_file = files[whose]
                 if count_lines(pairs_file) == 0:
                     raise RuntimeError(f"{pairs_file}: no pairs for arm {arm!r} (seed {seed}, round {rnd})")
                 cfg = arm_config(data_cfg, arm, pairs_file, tuned)
                 model_dir = str(demo.train_once(cfg)["model_dir"])
-                row["arms"][arm] = evaluate(cfg, model_dir, cfg.name, samples)
-                if arm == METHOD:
-                    start = model_dir
+                nxt = (
+                    round_config(base, config.name, seed, rnd + 1, model_dir)
+                    if arm == METHOD and rnd < rounds
+                    else None
+                )
+                needed = not evaluated(cfg, model_dir, cfg.name, samples) or (
+                    nxt is not None and not pairs_built(nxt)
+                )
+                with served(cfg, model_dir, needed) as url:
+                    row["arms"][arm] = evaluate(through(cfg, url), model_dir, cfg.name, samples)
+                    if nxt is not None:
+                        data_cfg, built = nxt, build_pairs(through(nxt, url))
             seed_rows.append(row)
             print(
                 f"[ablate] seed {seed} round {rnd}: "

@@ -146,9 +146,8 @@ def warmup_examples(settings: PolicySettings) -> list[tuple[str, str, bool]]:
     for p in generate(settings.world, settings.num_examples, settings.seed, "sft"):
         text = p.solution()
         wrong = rng.random() < settings.slip_rate
-        if wrong:  # the kind first, then a step that can show it (uniform over kinds, not over fallbacks)
-            kind = rng.choice(kinds)
-            text = p.with_slip(rng.choice(p.slip_steps(kind) or range(1, p.num_steps + 1)), kind, rng)
+        if wrong:
+            text = p.random_slip(rng, kinds)
         out.append((*training_pair(p.question, text, settings.template), wrong))
     return out
 

@@ -166,6 +166,12 @@ class StoryProblem:
         """The steps (1-based) where slip ``kind`` can show (see ``effective_slip``)."""
         return [k for k in range(1, self.num_steps + 1) if effective_slip(self, k, kind) == kind]
 
+    def random_slip(self, rng: random.Random, kinds: tuple[str, ...]) -> str:
+        """A solution with one slip: the kind first, then a step that can show it (uniform over kinds,
+        not over the fallbacks ``effective_slip`` makes)."""
+        kind = rng.choice(kinds)
+        return self.with_slip(rng.choice(self.slip_steps(kind) or range(1, self.num_steps + 1)), kind, rng)
+
     def effect(self, e: StoryEvent, person: int | None = None) -> tuple[str, int] | None:
         """``(op, n)`` the event applies to ``person``'s amount of the item (default: the asked one);
         None when it changes nothing for that person."""

@@ -6,6 +6,7 @@ seed), trains every method on them for each point of a small grid, and scores ea
 the world's ``valid`` split (disjoint from ``test`` by question hash). It writes ``<run>/sweep/sweep.json``
 whose ``best`` entry (the ``--set`` items of the best point per method) ``raystep ablate --tuned``
 reads, and ``sweep.md``. The warm-up policy is the ablation's own (same run folder), so both use one.
+Each model is served once with ``ray.serve.llm`` for what it samples, as in the ablation.
 """
 
 from __future__ import annotations
@@ -63,10 +64,13 @@ def run(
     base.model.path = str(policy_dir)
     ensure_ray()
     data_cfg = ablate.round_config(base, f"{config.name}-sweep", seed, 1, str(policy_dir))
-    data = ablate.build_pairs(data_cfg)
-    before = ablate.evaluate(
-        base, str(policy_dir), f"{config.name}-valid-no-training", 1, ("greedy",), "valid"
-    )
+    start_name = f"{config.name}-valid-no-training"
+    needed = not ablate.pairs_built(data_cfg) or not _scored(base, str(policy_dir), start_name)
+    with ablate.served(base, str(policy_dir), needed) as url:  # the start policy, served once
+        data = ablate.build_pairs(ablate.through(data_cfg, url))
+        before = ablate.evaluate(
+            ablate.through(base, url), str(policy_dir), start_name, 1, ("greedy",), "valid"
+        )
     pairs = data.pop("files")["own"]
     results = []
     for point in grid(modes, lrs, betas):
@@ -76,7 +80,9 @@ def run(
         cfg.train.mode = point["mode"]
         cfg.train.pairs = str(pairs)
         model_dir = str(demo.train_once(cfg)["model_dir"])
-        score = ablate.evaluate(cfg, model_dir, f"{cfg.name}-valid", 1, ("greedy",), "valid")
+        name = f"{cfg.name}-valid"
+        with ablate.served(cfg, model_dir, not _scored(cfg, model_dir, name)) as url:
+            score = ablate.evaluate(ablate.through(cfg, url), model_dir, name, 1, ("greedy",), "valid")
         results.append({**point, "valid_greedy": score["greedy"]})
         print(f"[sweep] {point['mode']} {tag}: valid greedy {100 * score['greedy']:.1f}%", flush=True)
     report = {
@@ -92,6 +98,11 @@ def run(
     (out / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "sweep.md").write_text(render(report) + "\n")
     return report
+
+
+def _scored(config: RunConfig, model_dir: str, name: str) -> bool:
+    """Whether the greedy validation answers of ``model_dir`` are all in their folder already."""
+    return ablate.finished(ablate.eval_config(config, model_dir, name, "greedy", 1, "valid"), ("collect",))
 
 
 def render(report: dict[str, Any]) -> str:

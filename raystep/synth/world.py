@@ -163,6 +163,11 @@ class Problem:
         """Every step can show every mistake of this world."""
         return list(range(1, len(self.events) + 1))
 
+    def random_slip(self, rng: random.Random, kinds: tuple[str, ...]) -> str:
+        """A solution with one slip at a random step, of a random kind: the step drawn first, then the kind
+        (the order of the first warm-ups, so the demo's warm-up data and its published numbers stay)."""
+        return solution_with_mistake(self, rng.randint(1, len(self.events)), rng.choice(kinds), rng)
+
     @property
     def question(self) -> str:
         parts = [f"{self.name} has {self.start} {self.items}."]
