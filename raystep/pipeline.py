@@ -40,6 +40,11 @@ def run(config: RunConfig, stages: list[str] | None = None, rounds: int = 1) -> 
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     if rounds > 1 and "train" not in chosen:
         raise ValueError("rounds > 1 need the train stage: each round starts from the last one's model")
+    if rounds > 1 and config.sampling.engine == "endpoint":
+        raise ValueError(
+            "rounds > 1 need an engine that loads model.path (sampling.engine vllm or hf): the endpoint "
+            "engine would sample every round from the one model already served"
+        )
     per_round: list[dict[str, Any]] = []
     current = config
     for rnd in range(1, rounds + 1):

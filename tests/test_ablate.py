@@ -215,12 +215,16 @@ def test_pipeline_rounds_need_the_train_stage():
         run(cfg, ["collect", "localize"], rounds=2)
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         run(cfg, None, rounds=0)
+    served = load_config(None, ["data.source=synth", "sampling.engine=endpoint"])
+    with pytest.raises(ValueError, match="endpoint engine would sample every round"):
+        run(served, None, rounds=2)
 
 
 # ---- end to end ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # 6 models served, 5 trained: past the suite's 600 s per test (see docs/demo.md)
 def test_tiny_ablation_end_to_end(tmp_path, ray_local, monkeypatch):
     """warm-up -> pairs -> SFT, DPO, Step-DPO (gold and own) -> greedy and sampled evaluation -> report,
     and a second round of Step-DPO from the first round's model. Every model is served with
