@@ -224,7 +224,7 @@ def test_pipeline_rounds_need_the_train_stage():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # 6 models served, 5 trained: past the suite's 600 s per test (see docs/demo.md)
+@pytest.mark.timeout(3600)  # 6 models served, 5 trained: past the suite's 600 s per test (docs/demo.md)
 def test_tiny_ablation_end_to_end(tmp_path, ray_local, monkeypatch):
     """warm-up -> pairs -> SFT, DPO, Step-DPO (gold and own) -> greedy and sampled evaluation -> report,
     and a second round of Step-DPO from the first round's model. Every model is served with
