@@ -166,7 +166,9 @@ def data_stages_done(prior: dict[str, Any], config: RunConfig) -> bool:
 
 
 @contextlib.contextmanager
-def policy_server(config: RunConfig, policy_dir: str, needed: bool, timed: Any) -> Iterator[str | None]:
+def policy_server(
+    config: RunConfig, policy_dir: str, needed: bool, timed: Any, step: str = "serve policy"
+) -> Iterator[str | None]:
     """``ray.serve.llm`` serving the policy while the data stages and the first evaluation run."""
     from raystep.serve import run as serve_run
 
@@ -174,7 +176,7 @@ def policy_server(config: RunConfig, policy_dir: str, needed: bool, timed: Any) 
         yield None
         return
     cfg = eval_config(config, policy_dir, "before")
-    url = timed("serve policy", serve_run.start, cfg)
+    url = timed(step, serve_run.start, cfg)
     try:
         yield url
     finally:
@@ -449,7 +451,7 @@ def run(config: RunConfig, size: str = "full", progress: bool = True, rounds: in
             pending_evaluation(current, model_dir, "after", problems)
         )
         tag = f" (round {rnd})"
-        with policy_server(current, model_dir, needed, timed) as url:
+        with policy_server(current, model_dir, needed, timed, f"serve round {rnd - 1}'s model") as url:
             done = timed(
                 f"eval after (round {rnd - 1})",
                 evaluate_model,
