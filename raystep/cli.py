@@ -28,7 +28,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("raystep.demo", "the whole loop on a built-in arithmetic world, on a local CPU Ray"),
     "ablate": (
         "raystep.synth.ablate",
-        "no training vs DPO vs Step-DPO on the arithmetic world, several seeds",
+        "no training, SFT, DPO, Step-DPO (gold / own steps) on an arithmetic world, over seeds",
+    ),
+    "sweep": (
+        "raystep.synth.sweep",
+        "learning rate and beta per method on the arithmetic world's valid split",
     ),
     "config": ("raystep.cli", "print the resolved run config (defaults, file and --set applied)"),
 }
@@ -112,7 +116,7 @@ example:
     "localize-bench": """examples:
   raystep localize-bench --config RUN.yaml --set 'localize.methods=[rollout, verifier]'""",
     "train": """main choices:
-  --set train.mode=stepdpo|dpo        step pairs, or whole responses (the ablation)
+  --set train.mode=stepdpo|dpo|sft    step pairs, whole responses, or SFT on the chosen solutions
   --set train.beta=0.5 --set train.learning_rate=5e-7 --set train.epochs=8   (the paper's 7B recipe)
   --set train.num_workers=8 --set train.zero_stage=3   Ray Train workers, DeepSpeed ZeRO stage
   --pairs FILE                         train on a pairs file (public Math-Step-DPO-10K schema)
@@ -133,17 +137,27 @@ examples:
   raystep eval --config RUN.yaml --set eval.k=8 --set eval.temperature=0.8     # maj@8, pass@8""",
     "compare": """example:
   raystep compare runs/demo/eval/before-*/synth runs/demo/eval/after-*/synth""",
-    "pipeline": """example:
-  raystep pipeline --config jobs/configs/tiny-cpu.yaml --set data.limit=4""",
+    "pipeline": """examples:
+  raystep pipeline --config jobs/configs/tiny-cpu.yaml --set data.limit=4
+  raystep pipeline --config RUN.yaml --rounds 2   # iterative: round 2 collects with round 1's model""",
     "demo": """The whole Step-DPO loop on the built-in arithmetic world, on a local Ray on this machine:
 warm-up policy -> collect -> localize -> rectify -> train -> serve before/after -> evaluate.
 
 examples:
   raystep demo                 # about 10 minutes on a 2-core CPU machine
   raystep demo --quick         # the CI size: every stage, too small to move accuracy
-  raystep demo --set train.beta=0.2""",
-    "ablate": """example:
-  raystep ablate --seeds 0 1 2""",
+  raystep demo --set train.beta=0.2
+  raystep demo --rounds 2      # iterative Step-DPO: round 2 collects with round 1's model""",
+    "ablate": """The paper's comparisons on the story world: no training, SFT, DPO, Step-DPO with gold steps and
+with the policy's own steps, all trained on the same pairs per seed; greedy and sampled accuracy.
+
+examples:
+  raystep ablate --quick --seeds 0 1                       # a CI-sized run
+  raystep ablate --policy small --tuned runs/ablate-small/sweep/sweep.json --seeds 0 1 2 3 4 --rounds 2""",
+    "sweep": """Learning rate and beta per method, scored on the story world's valid split (never test).
+
+example:
+  raystep sweep --policy small     # writes runs/ablate-small/sweep/sweep.json for raystep ablate --tuned""",
     "config": """examples:
   raystep config --config jobs/configs/tiny-cpu.yaml --set train.beta=0.4
   raystep config --reference > docs/config.md""",
@@ -154,7 +168,7 @@ REPORTED = frozenset({"collect", "localize", "rectify", "train", "eval", "pipeli
 """Commands after which the run's HTML report (``<run>/report/index.html``) is rebuilt."""
 
 RAY_COMMANDS = frozenset(
-    {"collect", "localize", "rectify", "localize-bench", "train", "pipeline", "demo", "ablate"}
+    {"collect", "localize", "rectify", "localize-bench", "train", "pipeline", "demo", "ablate", "sweep"}
 )
 """Commands that run on Ray: they connect to ``$RAY_ADDRESS`` or start a local Ray before they begin."""
 

@@ -85,27 +85,88 @@ class ModelConfig(Section):
     """Prompt template name from ``raystep.steps.TEMPLATES`` (``alpaca``, ``qwen2-boxed``, ``chat``)."""
 
 
-class SynthConfig(Section):
-    """Knobs of the built-in arithmetic world (``data.source: synth``, see ``raystep.synth.world``)."""
+class SynthPolicyConfig(Section):
+    """The tiny policy the arithmetic worlds warm up themselves (``raystep.synth.policy``).
 
+    Attention heads must be at least 32 wide (``hidden_size / num_heads >= 32``): vLLM's CPU backend
+    refuses smaller ones.
+    """
+
+    vocab_size: int = Field(default=512, ge=0)
+    """BPE vocabulary (digits always split); 0: byte-level, one token per character."""
+    hidden_size: int = Field(default=64, ge=32)
+    """Width of the Qwen2 model."""
+    num_layers: int = Field(default=2, ge=1)
+    """Transformer layers."""
+    num_heads: int = Field(default=2, ge=1)
+    """Attention heads (and key-value heads)."""
+    intermediate_size: int = Field(default=192, ge=1)
+    """Width of the MLP."""
+    num_examples: int = Field(default=4000, ge=1)
+    """Worked solutions of the ``sft`` split the warm-up trains on."""
+    slip_rate: float = Field(default=0.3, ge=0.0, le=1.0)
+    """Share of warm-up solutions carrying one slip (step drawn at random)."""
+    slips: list[str] | None = None
+    """Slip kinds drawn from (empty: the world's own; the story world's are reasoning slips only)."""
+    steps: int = Field(default=1500, ge=1)
+    """Optimizer steps of the warm-up."""
+    batch_size: int = Field(default=16, ge=1)
+    """Solutions per warm-up step."""
+    learning_rate: float = Field(default=5e-3, gt=0.0)
+    """Peak learning rate (AdamW, linear warm-up then cosine to a tenth)."""
+    warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """Share of the steps spent warming the learning rate up."""
+    torch_threads: int = Field(default=1, ge=1)
+    """Intra-op threads: a model this small runs fastest on one (more threads fight on a busy machine)."""
+
+    @model_validator(mode="after")
+    def _head_size(self) -> SynthPolicyConfig:
+        if self.hidden_size % self.num_heads or self.hidden_size // self.num_heads < 32:
+            raise ValueError(
+                f"hidden_size / num_heads must be a whole number >= 32 (vLLM's CPU attention), got "
+                f"{self.hidden_size} / {self.num_heads}"
+            )
+        return self
+
+
+class SynthConfig(Section):
+    """Knobs of the built-in arithmetic worlds (``data.source: synth``, see ``raystep.synth``).
+
+    The shared knobs (steps, operands, amounts) left empty take the chosen world's own default.
+    """
+
+    world: Literal["chain", "story"] = "chain"
+    """``chain``: one amount and a chain of operations over numbers up to 40, whose tiny policy's
+    mistakes are mostly arithmetic (``raystep.synth.world``; the demo's world). ``story``: two people,
+    transfers and distractor sentences over small numbers, whose mistakes are reasoning slips
+    (``raystep.synth.story``; the ablation's and the sweep's world)."""
     seed: int = 0
     """Seed of the generated problems."""
     num_problems: int = Field(default=200, ge=1)
     """Problems per split when ``data.limit`` is empty."""
-    min_steps: int = Field(default=2, ge=1)
-    """Fewest operations per problem."""
-    max_steps: int = Field(default=3, ge=1)
-    """Most operations per problem."""
-    min_operand: int = Field(default=2, ge=1)
-    """Smallest operand."""
-    max_operand: int = Field(default=9, ge=1)
-    """Largest operand."""
+    min_steps: int | None = Field(default=None, ge=1)
+    """Fewest steps of a solution (default 2 in both worlds; in a story, events that change the asked
+    amount)."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Most steps (default 3 in both worlds; a story adds one step per distractor)."""
+    min_operand: int | None = Field(default=None, ge=1)
+    """Smallest operand of ``+`` / ``-`` (default 2 in both worlds)."""
+    max_operand: int | None = Field(default=None, ge=1)
+    """Largest operand of ``+`` / ``-`` (default 9 in both worlds)."""
+    max_value: int | None = Field(default=None, ge=2)
+    """Every amount stays in ``1..max_value`` (default: chain 40, story 20)."""
     max_factor: int = Field(default=3, ge=2)
-    """Largest multiplier."""
-    max_value: int = Field(default=40, ge=2)
-    """Largest intermediate value."""
+    """Chain world: largest multiplier / divisor."""
     operators: list[Literal["+", "-", "*", "/"]] = Field(default_factory=lambda: ["+", "-", "*"])
-    """Operators used."""
+    """Chain world: the operations events use."""
+    max_distractors: int = Field(default=2, ge=0)
+    """Story world: sentences per question that change nothing for the asked person (0..this many)."""
+    kinds: list[Literal["gain", "loss", "give", "get", "double"]] = Field(
+        default_factory=lambda: ["gain", "loss", "give", "get", "double"]
+    )
+    """Story world: the event kinds."""
+    policy: SynthPolicyConfig = Field(default_factory=SynthPolicyConfig)
+    """The tiny policy warmed up on the world's ``sft`` split (the demo and the ablation)."""
 
 
 class DataConfig(Section):
@@ -118,7 +179,8 @@ class DataConfig(Section):
     hub_name: str | None = None
     """Hugging Face dataset name (or a local dataset folder) read with ``datasets.load_dataset``."""
     split: str = "train"
-    """Split to read (``train``, ``test``; for synth: ``sft``, ``train``, ``test``)."""
+    """Split to read (``train``, ``test``; for synth: ``sft``, ``train``, ``test``, and ``valid`` in the
+    story world)."""
     column_map: dict[str, str] = Field(default_factory=dict)
     """For generic files: our field name -> the file's column name."""
     limit: int | None = Field(default=None, ge=1)
@@ -126,7 +188,7 @@ class DataConfig(Section):
     rejects: bool = False
     """Send malformed rows to ``<stage>/rejects.jsonl`` (counted) instead of failing on the first one."""
     synth: SynthConfig = Field(default_factory=SynthConfig)
-    """The arithmetic world's knobs, read only when ``source`` is ``synth``."""
+    """The arithmetic worlds' knobs, read only when ``source`` is ``synth``."""
 
 
 class EngineConfig(Section):
@@ -356,8 +418,10 @@ class TrainConfig(Section):
 
     pairs: LocalPath | None = None
     """Pair files (JSONL/Parquet, public schema) to train on; empty: this run's ``pairs/``."""
-    mode: Literal["stepdpo", "dpo"] = "stepdpo"
-    """``dpo`` trains on full_chosen / full_rejected as whole responses (the ablation)."""
+    mode: Literal["stepdpo", "dpo", "sft"] = "stepdpo"
+    """``dpo`` trains on full_chosen / full_rejected as whole responses (the ablation); ``sft`` is
+    rejection-sampling fine-tuning: the per-token NLL of each pair's whole chosen solution
+    (``initial_reason_steps + full_chosen``), no preference and no reference (the usual baseline)."""
     loss: Literal["sigmoid", "ipo"] = "sigmoid"
     """``sigmoid`` (DPO) or ``ipo``."""
     beta: float = Field(default=0.5, gt=0.0)

@@ -63,6 +63,7 @@ def demo_overrides(size: str, port: int) -> list[str]:
         "data.source=synth",
         "data.split=train",
         f"data.limit={s['train_problems']}",
+        f"data.synth.policy.steps={s['warmup_steps']}",
         "sampling.engine=vllm",
         "engine.device=auto",
         "engine.max_model_len=512",
@@ -110,15 +111,10 @@ def demo_overrides(size: str, port: int) -> list[str]:
 
 
 def policy_settings(config: RunConfig, size: str):
-    from raystep.synth.policy import PolicySettings
-    from raystep.synth.world import spec_from_config
+    """The warm-up of ``data.synth.policy`` (the demo's size sets its steps; ``--set`` wins)."""
+    from raystep.synth.policy import settings_from_config
 
-    return PolicySettings(
-        template=config.model.template,
-        steps=SIZES[size]["warmup_steps"],
-        seed=config.data.synth.seed,
-        world=spec_from_config(config.data),
-    )
+    return settings_from_config(config)
 
 
 def test_problems(config: RunConfig) -> list[dict[str, Any]]:
@@ -170,7 +166,9 @@ def data_stages_done(prior: dict[str, Any], config: RunConfig) -> bool:
 
 
 @contextlib.contextmanager
-def policy_server(config: RunConfig, policy_dir: str, needed: bool, timed: Any) -> Iterator[str | None]:
+def policy_server(
+    config: RunConfig, policy_dir: str, needed: bool, timed: Any, step: str = "serve policy"
+) -> Iterator[str | None]:
     """``ray.serve.llm`` serving the policy while the data stages and the first evaluation run."""
     from raystep.serve import run as serve_run
 
@@ -178,7 +176,7 @@ def policy_server(config: RunConfig, policy_dir: str, needed: bool, timed: Any) 
         yield None
         return
     cfg = eval_config(config, policy_dir, "before")
-    url = timed("serve policy", serve_run.start, cfg)
+    url = timed(step, serve_run.start, cfg)
     try:
         yield url
     finally:
@@ -301,6 +299,20 @@ def render_report(report: dict[str, Any]) -> str:
         "![overview](overview.png)",
         "",
     ]
+    if report.get("rounds"):
+        lines += [
+            "Iterative Step-DPO: round r collected with round r-1's model and trained from it.",
+            "",
+            "| round | pairs | held-out accuracy % (95% CI) |",
+            "| --- | --- | --- |",
+        ]
+        for r in report["rounds"]:
+            pairs = "" if r["round"] == 0 else str(r["pairs"])
+            lines.append(
+                f"| {r['round']}{' (warm-up)' if r['round'] == 0 else ''} | {pairs} | {100 * r['accuracy']:.1f} "
+                f"({100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}) |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -321,6 +333,7 @@ def train_once(config: RunConfig) -> dict[str, Any]:
 
 def did_nothing(step: str, result: Any) -> bool:
     """Whether a demo step found all its work already in the run folder (a rerun resumes)."""
+    step = step.split(" (round ")[0]  # a later round's steps are named "collect (round 2)" and so on
     if step == "warm-up":
         return bool(result[1].get("cached"))
     counters = {"collect": "problems_todo", "localize": "todo", "rectify": "samples_todo"}
@@ -347,8 +360,34 @@ def _paired(before_folder: str, after_folder: str, out: Path) -> dict[str, Any]:
     }
 
 
-def run(config: RunConfig, size: str = "full", progress: bool = True) -> dict[str, Any]:
-    """The whole loop; returns the report (also written to ``<run>/demo/report.{json,md}``)."""
+def round_config(config: RunConfig, rnd: int, start: str) -> RunConfig:
+    """Round ``rnd`` (>= 2) of iterative Step-DPO: its own folder ``<name>-r<rnd>``, sampling seeded
+    apart, starting (and taking its reference) from the last round's trained model ``start``."""
+    cfg = config.model_copy(deep=True)
+    cfg.name = f"{config.name}-r{rnd}"
+    cfg.model.path = str(start)
+    cfg.sampling.seed = config.sampling.seed + 1000 * (rnd - 1)
+    return cfg
+
+
+def count_pairs(cfg: RunConfig, stats: dict[str, Any]) -> int:
+    """The pairs rectify wrote in ``cfg``'s folder; none is an error (nothing to train on)."""
+    pairs_file = RunDir.from_config(cfg).path / "pairs" / "pairs.jsonl"
+    n = sum(1 for line in pairs_file.read_text().splitlines() if line.strip()) if pairs_file.exists() else 0
+    if n == 0:
+        raise RuntimeError(f"rectify made no pairs (stats: {stats}); nothing to train on")
+    return n
+
+
+def run(config: RunConfig, size: str = "full", progress: bool = True, rounds: int = 1) -> dict[str, Any]:
+    """The whole loop; returns the report (also written to ``<run>/demo/report.{json,md}``).
+
+    With ``rounds`` > 1 (iterative Step-DPO) round r collects, localizes and rectifies with round r-1's
+    trained model, served once for that and for its own evaluation, and trains from it; "after" is the
+    last round's model and the report gives the accuracy of every round's model.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     from raystep.evaluate.run import BENCHMARKS  # noqa: F401  (fail early if evaluation is missing)
     from raystep.stages import collect, localize, rectify
     from raystep.synth.policy import ensure_policy
@@ -401,14 +440,46 @@ def run(config: RunConfig, size: str = "full", progress: bool = True) -> dict[st
         before = timed(
             "eval before", evaluate_model, config, str(policy_dir), "before", problems, progress, url
         )
-    pairs_file = run_dir.path / "pairs" / "pairs.jsonl"
-    n_pairs = (
-        sum(1 for line in pairs_file.read_text().splitlines() if line.strip()) if pairs_file.exists() else 0
-    )
-    if n_pairs == 0:
-        raise RuntimeError(f"rectify made no pairs (stats: {rectified}); nothing to train on")
+    n_pairs = count_pairs(config, rectified)
     trained = timed("train", train_once, config)
-    after = timed("eval after", evaluate_model, config, trained["model_dir"], "after", problems, progress)
+    by_round = [{"round": 0, "model": str(policy_dir), **before}]
+    current = config  # the round whose trained model is evaluated next
+    for rnd in range(2, rounds + 1):  # iterative Step-DPO: the last round's model collects and trains
+        model_dir = str(trained["model_dir"])
+        nxt = round_config(config, rnd, model_dir)
+        needed = not data_stages_done(RunDir.from_config(nxt).read_manifest(), nxt) or bool(
+            pending_evaluation(current, model_dir, "after", problems)
+        )
+        tag = f" (round {rnd})"
+        with policy_server(current, model_dir, needed, timed, f"serve round {rnd - 1}'s model") as url:
+            done = timed(
+                f"eval after (round {rnd - 1})",
+                evaluate_model,
+                current,
+                model_dir,
+                "after",
+                problems,
+                progress,
+                url,
+            )
+            sampled = served_config(nxt, url)
+            timed(f"collect{tag}", collect.run, sampled)
+            timed(f"localize{tag}", localize.run, sampled)
+            stats = timed(f"rectify{tag}", rectify.run, sampled)
+        by_round.append({"round": rnd - 1, "model": model_dir, "pairs": n_pairs, **done})
+        n_pairs = count_pairs(nxt, stats)
+        trained = timed(f"train{tag}", train_once, nxt)
+        current = nxt
+    after = timed(
+        "eval after" + (f" (round {rounds})" if rounds > 1 else ""),
+        evaluate_model,
+        current,
+        trained["model_dir"],
+        "after",
+        problems,
+        progress,
+    )
+    by_round.append({"round": rounds, "model": str(trained["model_dir"]), "pairs": n_pairs, **after})
     out = run_dir.stage("demo")
     report = {
         "size": size,
@@ -434,6 +505,10 @@ def run(config: RunConfig, size: str = "full", progress: bool = True) -> dict[st
         "seconds": seconds,
         "resumed": resumed,
     }
+    if rounds > 1:
+        report["rounds"] = [
+            {k: r.get(k) for k in ("round", "model", "pairs", "accuracy", "ci95", "folder")} for r in by_round
+        ]
     plot_overview(out / "overview.png", before, after, report["localize"])
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "report.md").write_text(render_report(report))
@@ -452,13 +527,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a CI-sized run (a couple of minutes)")
     parser.add_argument("--port", type=int, default=8321, help="port of the local Serve app (127.0.0.1)")
     parser.add_argument("--no-progress", action="store_true", help="no warm-up or evaluation progress bars")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="iterative Step-DPO: round r collects with round r-1's trained model and trains from it",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.rounds < 1:
+        raise SystemExit("raystep demo: --rounds must be >= 1")
     size = "quick" if args.quick else "full"
     config = load_config(args.config, demo_overrides(size, args.port) + list(args.overrides))
     started = time.time()
-    report = run(config, size, progress=not args.no_progress)
+    report = run(config, size, progress=not args.no_progress, rounds=args.rounds)
     print(render_report(report))
     from raystep.report import refresh_report
 

@@ -147,6 +147,7 @@ def test_load_problems_reads_the_config_section():
             "data.source=synth",
             "data.split=test",
             "data.limit=12",
+            "data.synth.world=chain",
             "data.synth.seed=7",
             "data.synth.max_steps=2",
         ],
@@ -216,7 +217,7 @@ def test_first_wrong_step_rejects_foreign_questions():
 
 
 def test_warmup_data_mixes_correct_and_mistaken_solutions():
-    s = PolicySettings(num_examples=400, mistake_rate=0.3)
+    s = PolicySettings(num_examples=400, slip_rate=0.3)
     examples = warmup_examples(s)
     assert examples == warmup_examples(s)
     wrong = sum(1 for *_, w in examples if w)
@@ -226,6 +227,16 @@ def test_warmup_data_mixes_correct_and_mistaken_solutions():
         assert completion.startswith(" " + STEP_PRIMER)
         assert prompt + completion.split("Step 1:")[0] + "Step 1:" == prompt_for(prompt[10:-8], "plain")
         assert is_well_formed(completion[1:])
+
+
+def test_chain_warmup_data_is_the_published_demos():
+    """The chain world's warm-up data is byte for byte what the demo's published numbers were measured
+    with (digest taken from main before the story world landed): the story world must not move it."""
+    import hashlib
+
+    examples = warmup_examples(PolicySettings(num_examples=400))
+    digest = hashlib.sha256(json.dumps(examples).encode()).hexdigest()[:16]
+    assert (digest, sum(1 for *_, w in examples if w)) == ("93c7383c2691c4e8", 132)
 
 
 @pytest.mark.slow
@@ -261,16 +272,45 @@ def test_demo_settings_are_a_valid_run_config_and_user_overrides_win():
         assert cfg.localize.methods == ["verifier", "rollout"]
     cfg = load_config(None, [*demo_overrides("quick", 8399), "train.beta=0.3"])
     assert cfg.train.beta == 0.3
+    # the demo's world and lengths are the ones its published numbers were measured with
+    assert cfg.data.synth.world == "chain" and cfg.data.synth.policy.steps == SIZES["quick"]["warmup_steps"]
+    assert (cfg.sampling.max_new_tokens, cfg.rectify.max_new_tokens, cfg.eval.max_tokens) == (80, 80, 96)
 
 
-def test_ablation_interval_is_a_t_interval_over_seeds():
-    from raystep.synth.ablate import mean_interval
+def test_demo_rounds_run_apart_from_the_last_rounds_model_and_report_each_round(tmp_path):
+    from raystep.demo import did_nothing, render_report, round_config
 
-    one = mean_interval([0.5])
-    assert one["low"] == one["high"] == 0.5
-    three = mean_interval([0.4, 0.5, 0.6])
-    assert three["mean"] == pytest.approx(0.5)
-    assert three["high"] - three["mean"] == pytest.approx(4.30 * 0.1 / 3**0.5)
+    cfg = load_config(None, ["data.source=synth", f"storage.root={tmp_path}", "name=d", "sampling.seed=5"])
+    r3 = round_config(cfg, 3, str(tmp_path / "r2-model"))
+    assert (r3.name, r3.model.path, r3.sampling.seed) == ("d-r3", str(tmp_path / "r2-model"), 2005)
+    assert cfg.name == "d" and cfg.sampling.seed == 5  # the first round's config is left alone
+    assert did_nothing("collect (round 2)", {"problems_todo": 0})
+    assert not did_nothing("rectify (round 3)", {"samples_todo": 4})
+    assert did_nothing("eval after (round 1)", {"resumed_all": True})
+    assert did_nothing("train (round 2)", {"already_trained": True})
+
+    def acc(a: float) -> dict:
+        return {"accuracy": a, "ci95": [a - 0.1, a + 0.1], "problems": 60, "folder": "f"}
+
+    report = {
+        "before": acc(0.5),
+        "after": acc(0.6),
+        "compare": {"mcnemar_p": 0.2, "only_a": 1, "only_b": 7},
+        "collect": {"samples": 96, "wrong": 40, "accuracy": 0.58},
+        "localize": {},
+        "pairs": 12,
+        "seconds": {"train": 3.0},
+        "resumed": [],
+    }
+    single = render_report(report)
+    assert "round" not in single  # one round: the report reads as it always did
+    rounds = [
+        {"round": 0, **acc(0.5)},
+        {"round": 1, "pairs": 12, **acc(0.55)},
+        {"round": 2, "pairs": 9, **acc(0.6)},
+    ]
+    text = render_report({**report, "rounds": rounds})
+    assert "| 0 (warm-up) |  | 50.0 (40.0-60.0) |" in text and "| 2 | 9 | 60.0 (50.0-70.0) |" in text
 
 
 @pytest.mark.slow

@@ -78,11 +78,20 @@ def test_truncation_cuts_prompt_from_left_and_counts(model_and_tokenizer, rows):
     assert cut.prompt_ids == full.prompt_ids[-len(cut.prompt_ids) :]
 
 
-def test_dpo_mode_uses_full_responses_and_bare_prompt(model_and_tokenizer, rows):
+def test_dpo_mode_uses_whole_responses_after_the_shared_prefix(model_and_tokenizer, rows):
+    """A whole response is ``initial_reason_steps + full_*``: the prefix (the same in both branches, so
+    its log-probs cancel in the loss) sits in the prompt and the branches are the full continuations."""
     _, tok = model_and_tokenizer
-    pair = tokenize_pair(rows[0], tok, index=0, template="qwen2-boxed", mode="dpo")
-    assert tok.decode(pair.prompt_ids) == build_prompt("qwen2-boxed", rows[0]["prompt"])
-    assert tok.decode(pair.chosen_ids) == rows[0]["full_chosen"]
+    row = rows[0]
+    pair = tokenize_pair(row, tok, index=0, template="qwen2-boxed", mode="dpo")
+    assert tok.decode(pair.prompt_ids) == build_prompt(
+        "qwen2-boxed", row["prompt"], row["initial_reason_steps"]
+    )
+    assert tok.decode(pair.chosen_ids) == row["full_chosen"]
+    assert tok.decode(pair.rejected_ids) == row["full_rejected"]
+    sft = tokenize_pair(row, tok, index=0, template="qwen2-boxed", mode="sft")
+    assert tok.decode(sft.prompt_ids) == build_prompt("qwen2-boxed", row["prompt"])
+    assert tok.decode(sft.prompt_ids + sft.chosen_ids) == tok.decode(pair.prompt_ids + pair.chosen_ids)
 
 
 def test_prefix_shared_logps_equal_two_sequence(model_and_tokenizer, rows):

@@ -1,7 +1,9 @@
-"""Small, exact statistics for evaluation reports: Wilson intervals, McNemar, maj@k and pass@k.
+"""Small, exact statistics for evaluation reports: Wilson intervals, McNemar, maj@k and pass@k, and
+Student-t intervals over seeds.
 
-Written out by hand (no scipy) because each is a few lines and the numbers must be exactly the
-textbook ones: the tests check them against values computed independently.
+The first four are written out by hand because each is a few lines and the numbers must be exactly the
+textbook ones; the t quantile comes from scipy (``scipy.stats.t.ppf``), right for any degrees of freedom.
+The tests check all of them against values computed independently.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 Z95 = 1.959963984540054
 """The two-sided 95% normal quantile."""
@@ -74,3 +77,44 @@ def majority_vote(preds: Sequence[str | None], correct: Sequence[bool]) -> bool:
     best = max(votes.values())
     winner = next(p for p in preds if p is not None and p != "" and votes[p] == best)
     return any(ok for p, ok in zip(preds, correct, strict=True) if p == winner)
+
+
+def t_quantile(q: float, df: int) -> float:
+    """The ``q`` quantile of Student's t with ``df`` degrees of freedom (``scipy.stats.t.ppf``)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"quantile level must be in (0, 1), got {q}")
+    from scipy.stats import t
+
+    return float(t.ppf(q, df))
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean and two-sided Student-t interval over independent runs (seeds).
+
+    ``half = t_{(1+level)/2, n-1} * sd / sqrt(n)`` with the sample standard deviation; one value has no
+    interval (``low = high = mean``, ``half = None``).
+    """
+    if not values:
+        raise ValueError("no values")
+    n = len(values)
+    m = math.fsum(values) / n
+    if n < 2:
+        return {"mean": m, "low": m, "high": m, "half": None, "sd": None, "n": n}
+    sd = math.sqrt(math.fsum((v - m) ** 2 for v in values) / (n - 1))
+    half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
+    return {"mean": m, "low": m - half, "high": m + half, "half": half, "sd": sd, "n": n}
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """``b - a`` paired by run (same seed, same pairs): the mean difference with its t-interval.
+
+    Pairing removes what the two methods share in a seed (its data, its problems), so the interval is
+    on the methods' difference alone. ``excludes_zero`` says whether the interval separates them.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired values differ in length: {len(a)} and {len(b)}")
+    out = mean_interval([y - x for x, y in zip(a, b, strict=True)], level)
+    out["excludes_zero"] = out["half"] is not None and (out["low"] > 0 or out["high"] < 0)
+    return out

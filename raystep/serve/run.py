@@ -88,7 +88,7 @@ def start(config: RunConfig) -> str:
     _forget_stale_serve()
     _release_idle_serve(config)
     check_port(config)
-    serve.start(http_options={"host": config.serve.host, "port": config.serve.port}, logging_config=quiet)
+    _start_serve(config, quiet)
     _check_bound(config)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # serve.start configured it for INFO
     serve.run(app, name=APP_NAME, route_prefix=config.serve.route_prefix, logging_config=quiet)
@@ -131,6 +131,34 @@ def _serve_listens_at(config: RunConfig) -> bool:
     except Exception:  # no Serve on this cluster
         return False
     return (http.host, http.port) == (config.serve.host, config.serve.port)
+
+
+START_ATTEMPTS = 3
+"""``serve.start`` calls before giving up on an HTTP proxy that keeps dying while it starts."""
+
+
+def _start_serve(config: RunConfig, logging_config: dict[str, str]) -> None:
+    """``serve.start``, again when its HTTP proxy was killed while starting.
+
+    The controller gives a new proxy 5 s to answer its first ready check; on a loaded 2-core machine a
+    proxy process can take longer to start, and the controller kills it and starts another with a
+    longer window, while ``serve.start`` fails at once with ``ActorDiedError``. The controller is up by
+    then, so a second call connects to it and the restarted proxy serves.
+    """
+    from ray import serve
+    from ray.exceptions import ActorDiedError
+
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            serve.start(
+                http_options={"host": config.serve.host, "port": config.serve.port},
+                logging_config=logging_config,
+            )
+            return
+        except (ActorDiedError, TimeoutError):
+            if attempt == START_ATTEMPTS:
+                raise
+            time.sleep(2.0 * attempt)
 
 
 def _check_bound(config: RunConfig) -> None:

@@ -1,183 +1,385 @@
-"""``raystep ablate``: no training vs plain DPO vs Step-DPO on the arithmetic world, over several seeds.
+"""``raystep ablate``: the paper's comparisons on an arithmetic world, over seeds, for one policy size.
 
-One warm-up policy is the common starting point. For each seed the data is built once (collect ->
-localize with the exact verifier -> rectify, sampling seeded by the seed) and both methods train on
-the same pairs, so the data budget is identical: Step-DPO on the step pairs (prefix + chosen/rejected
-step k), plain DPO on the same pairs' whole responses (``full_chosen`` / ``full_rejected``,
-``train.mode=dpo``). Every model is served on the CPU app and evaluated greedily on the same held-out
-problems through the ``openai`` client. The report gives each arm's accuracy per seed, the mean with a
-t-interval over seeds, and the paired difference Step-DPO - DPO per seed.
+One warm-up policy is the common start. For each seed the pairs are built once (collect -> localize
+with the exact verifier -> rectify, sampling seeded by the seed) and every method trains on those same
+pairs with the same budget (epochs, batch) from the same start:
+
+- ``no training``: the start itself;
+- ``SFT``: rejection-sampling fine-tuning on the pairs' whole chosen solutions (``train.mode=sft``);
+- ``DPO``: plain DPO on the pairs' whole responses (``train.mode=dpo``);
+- ``Step-DPO (gold)``: Step-DPO with out-of-distribution chosen steps: the world's own correct step
+  in a wording the policy never uses, standing for human or GPT-4 data (``raystep.synth.gold``);
+- ``Step-DPO``: Step-DPO with in-distribution chosen steps (the policy's own rectified steps).
+
+Every model answers the same held-out problems (the world's ``test`` split, ``eval.limit`` of them)
+through the collect stage, greedily and sampled (temperature 0.8, ``--samples`` per problem), with the
+same sampling seeds for every arm. Like the demo, each model is served once with ``ray.serve.llm``
+(vLLM, CPU or GPU) and every stage samples from it (``sampling.engine: endpoint``): the start policy
+answers its own evaluation and every seed's round-1 data stages, each trained arm its evaluation, and a
+round's Step-DPO model its evaluation and the next round's data stages. A model whose work is all in
+its folders already (a rerun) is not served again. The report gives each arm's mean
+over seeds with a Student-t interval, the paired difference of Step-DPO against every other arm per
+seed with its t-interval, the verifier's taxonomy of the greedy failures of every arm, and, with
+``--rounds N``, iterative Step-DPO: round r collects with round r-1's Step-DPO model and trains from it.
+
+Learning rate and beta per method come from ``--tuned`` (the ``raystep sweep`` output, chosen on the
+world's ``valid`` split) or from the config. Stages resume; a trained arm whose model is exported is not
+trained again, and evaluations resume by folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import math
-import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from raystep.cli import add_config_arguments
-from raystep.config import RunConfig, load_config
+from raystep.config import RunConfig, apply_overrides, load_config
+from raystep.errors import RowsFailedError
 from raystep.runs import RunDir
-
-ARMS = ("no training", "DPO", "Step-DPO")
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
-"""Two-sided 95% Student-t quantiles by degrees of freedom (more seeds: 1.96 is close enough)."""
+from raystep.synth.ablate_report import ARMS, METHOD, METRICS, plot, render, summarize
 
 
-def mean_interval(values: list[float]) -> dict[str, float]:
-    """Mean and 95% t-interval over seeds (a single seed has no interval: low = high = mean)."""
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return {"mean": m, "low": m, "high": m, "n": len(values)}
-    half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-    return {"mean": m, "low": m - half, "high": m + half, "n": len(values)}
+def with_overrides(config: RunConfig, items: list[str]) -> RunConfig:
+    """A copy of ``config`` with ``--set`` items applied (validated like a loaded config)."""
+    if not items:
+        return config.model_copy(deep=True)
+    return RunConfig.model_validate(apply_overrides(config.model_dump(mode="json"), list(items)))
 
 
-def seed_config(base: RunConfig, root_name: str, seed: int) -> RunConfig:
+WARMUP = ["data.synth.policy.steps=4000", "data.synth.policy.num_examples=20000"]
+"""The ablation's warm-up: longer than the demo's (which must fit its time budget), so the policy has
+learnt to copy and to compute, and what it still gets wrong is reading (see ``docs/demo.md``)."""
+
+
+STORY_LENGTHS = [
+    "sampling.max_new_tokens=160",
+    "localize.rollout.max_new_tokens=160",
+    "rectify.max_new_tokens=160",
+    "eval.max_tokens=160",
+]
+"""Room for story-length solutions (one step per sentence, each copying it): the chain world's 80 tokens
+would cut them off."""
+
+
+def ablate_overrides(quick: bool) -> list[str]:
+    """The demo's settings on the story world, localized by the verifier alone (the rollouts are the
+    demo's comparison), with the ablation's warm-up and 200 held-out problems."""
+    from raystep import demo
+
+    size = "quick" if quick else "full"
+    return [
+        *demo.demo_overrides(size, 8321),
+        "data.synth.world=story",
+        *STORY_LENGTHS,
+        "localize.methods=[verifier]",
+        *([] if quick else [*WARMUP, "eval.limit=200"]),
+    ]
+
+
+def round_config(base: RunConfig, root_name: str, seed: int, rnd: int, start: str) -> RunConfig:
+    """The data run of one seed and round: its own folder, sampling seeded by the seed, from ``start``."""
     cfg = base.model_copy(deep=True)
-    cfg.name = f"{root_name}-s{seed}"
-    cfg.sampling.seed = seed
+    cfg.name = f"{root_name}-s{seed}" + (f"-r{rnd}" if rnd > 1 else "")
+    cfg.model.path = start
+    cfg.sampling.seed = seed + 1000 * (rnd - 1)
     cfg.train.seed = seed
     return cfg
 
 
-def arm_config(data_cfg: RunConfig, mode: str) -> RunConfig:
-    """The training run of one arm: its own folder, the seed's pairs, ``train.mode``."""
-    cfg = data_cfg.model_copy(deep=True)
-    cfg.name = f"{data_cfg.name}-{mode}"
-    cfg.train.mode = mode
-    cfg.train.pairs = str(RunDir.from_config(data_cfg).path / "pairs" / "pairs.jsonl")
+def arm_config(data_cfg: RunConfig, arm: str, pairs: Path, tuned: dict[str, list[str]]) -> RunConfig:
+    """The training run of one arm: its folder, its pair file, ``train.mode`` and its tuned settings."""
+    mode, _ = ARMS[arm]  # type: ignore[misc]
+    cfg = with_overrides(data_cfg, tuned.get(mode, []))
+    cfg.name = f"{data_cfg.name}-{mode}" + ("-gold" if ARMS[arm][1] == "gold" else "")  # type: ignore[index]
+    cfg.train.mode = mode  # type: ignore[assignment]
+    cfg.train.pairs = str(pairs)
     return cfg
 
 
-def plot(path: Path, table: dict[str, list[float]], summary: dict[str, dict[str, float]]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for i, arm in enumerate(ARMS):
-        s = summary[arm]
-        ax.bar(i, 100 * s["mean"], color=["#999", "#57a", "#2a7"][i], alpha=0.8)
-        ax.errorbar(
-            [i],
-            [100 * s["mean"]],
-            yerr=[[100 * (s["mean"] - s["low"])], [100 * (s["high"] - s["mean"])]],
-            fmt="none",
-            ecolor="k",
-            capsize=5,
+def checked(step: str, stats: dict[str, Any]) -> dict[str, Any]:
+    """A stage's stats, or :class:`RowsFailedError` when rows failed: what follows would build on holes."""
+    if stats.get("failed_units"):
+        raise RowsFailedError(
+            f"{step}: {stats['failed_units']} units failed and were kept with their error (see the run's "
+            "manifest); rerun the ablation to retry them"
         )
-        ax.scatter([i] * len(table[arm]), [100 * v for v in table[arm]], color="k", s=12, zorder=3)
-    ax.set_xticks(range(len(ARMS)), ARMS)
-    ax.set_ylabel("held-out accuracy % (mean, 95% t-CI)")
-    ax.set_title(f"arithmetic world, {len(table[ARMS[0]])} seeds, same pairs per seed")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return stats
 
 
-def run(config: RunConfig, seeds: list[int], size: str = "full", progress: bool = True) -> dict[str, Any]:
-    from raystep import demo
+def finished(cfg: RunConfig, stages: tuple[str, ...]) -> bool:
+    """Whether ``cfg``'s folder holds these stages done, for this model, data and settings (whatever
+    engine sampled them): then a rerun needs no served model for them."""
+    prior = RunDir.from_config(cfg).read_manifest()
+    if any((prior.get("stages", {}).get(s) or {}).get("status") != "done" for s in stages):
+        return False
+    recorded, now = prior.get("config") or {}, cfg.model_dump(mode="json")
+    engine_free = ("engine", "endpoint", "concurrency", "batch_size")
+
+    def same(section: str, drop: tuple[str, ...] = ()) -> bool:
+        a, b = recorded.get(section) or {}, now[section]
+        return {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+    return (
+        same("data")
+        and same("sampling", engine_free)
+        and (not {"localize", "rectify"} & set(stages) or (same("localize") and same("rectify")))
+        and (recorded.get("model") or {}).get("path") == now["model"]["path"]
+    )
+
+
+def pairs_built(data_cfg: RunConfig) -> bool:
+    folder = RunDir.from_config(data_cfg).path / "pairs"
+    return finished(data_cfg, ("collect", "localize", "rectify")) and (folder / "gold.jsonl").exists()
+
+
+def evaluated(config: RunConfig, model_dir: str, name: str, samples: int, split: str = "test") -> bool:
+    return all(
+        finished(eval_config(config, model_dir, name, metric, samples, split), ("collect",))
+        for metric in METRICS
+    )
+
+
+@contextlib.contextmanager
+def served(config: RunConfig, model_dir: str, needed: bool = True) -> Iterator[str | None]:
+    """``model_dir`` served with ``ray.serve.llm`` (the demo's serving) while the block runs; yields its
+    URL, or None when ``needed`` is false (the block's work is all done: no engine start)."""
+    from raystep.console import quiet_libraries
+    from raystep.demo import eval_config as serve_config
+    from raystep.serve import run as serve_run
+
+    if not needed:
+        yield None
+        return
+    url = serve_run.start(serve_config(config, model_dir, "ablate"))
+    try:
+        yield url
+    finally:
+        serve_run.shutdown()
+        quiet_libraries()
+
+
+def through(cfg: RunConfig, url: str | None) -> RunConfig:
+    """``cfg`` sampling from the model served at ``url`` (unchanged without one: nothing left to sample)."""
+    from raystep.demo import served_config
+
+    return served_config(cfg, url) if url else cfg
+
+
+def count_lines(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
+
+
+def build_pairs(data_cfg: RunConfig) -> dict[str, Any]:
+    """collect -> localize -> rectify for one seed and round, then the gold-step copy of its pairs."""
+    from raystep.records import read_rows, write_jsonl
     from raystep.stages import collect, localize, rectify
-    from raystep.synth.policy import ensure_policy
-    from raystep.train import run as train_run
+    from raystep.synth.gold import ood_pairs
 
+    collected = checked("collect", collect.run(data_cfg))
+    checked("localize", localize.run(data_cfg))
+    rectified = checked("rectify", rectify.run(data_cfg))
+    folder = RunDir.from_config(data_cfg).path / "pairs"
+    own = folder / "pairs.jsonl"
+    gold = folder / "gold.jsonl"
+    rows = read_rows(own, kind="pair") if own.exists() else []
+    write_jsonl(gold, ood_pairs(rows))
+    return {
+        "collect_accuracy": collected["accuracy"],
+        "wrong_samples": collected["wrong"],
+        "rectified_samples": int(rectified.get("units") or 0),
+        "samples_with_pairs": int(rectified.get("samples_with_pairs") or 0),
+        "rectify_right_rate": (
+            rectified["continuations_correct"] / rectified["continuations"]
+            if rectified.get("continuations")
+            else 0.0
+        ),
+        "pairs": count_lines(own),
+        "gold_pairs": count_lines(gold),
+        "files": {"own": own, "gold": gold},
+    }
+
+
+def eval_settings(samples: int) -> dict[str, dict[str, Any]]:
+    """Greedy (one answer) and sampled (temperature 0.8, top-p 0.95, ``samples`` answers) evaluation."""
+    return {
+        "greedy": {"temperature": 0.0, "top_p": 1.0, "n": 1},
+        "sampled": {"temperature": 0.8, "top_p": 0.95, "n": samples},
+    }
+
+
+def eval_config(
+    config: RunConfig, model_dir: str, name: str, metric: str, samples: int, split: str
+) -> RunConfig:
+    """The collect run that evaluates ``model_dir`` on held-out problems (``eval.limit`` of ``split``).
+
+    Every model is evaluated with the same sampling seed, so arms differ by their weights alone.
+    """
+    cfg = config.model_copy(deep=True)
+    cfg.name = f"{name}-eval-{metric}"
+    cfg.model.path = str(model_dir)
+    cfg.data.split = split
+    cfg.data.limit = config.eval.limit
+    cfg.sampling = cfg.sampling.model_copy(update={**eval_settings(samples)[metric], "seed": 0})
+    return cfg
+
+
+def evaluate(
+    config: RunConfig,
+    model_dir: str,
+    name: str,
+    samples: int,
+    metrics: tuple[str, ...] = METRICS,
+    split: str = "test",
+) -> dict[str, Any]:
+    """Greedy and sampled accuracy of ``model_dir`` on held-out problems, and the taxonomy of its greedy
+    failures.
+
+    The answers come from the collect stage on the held-out split (its folder ``<name>-eval-<metric>``),
+    so they are sampled by the configured engine exactly like the pairs' data, graded by the project's
+    grader, and resumed like any stage. Accuracy is the mean per-problem accuracy (pass@1).
+    """
+    from raystep.records import read_parquet
+    from raystep.stages import collect
+    from raystep.synth.diagnose import taxonomy
+
+    out: dict[str, Any] = {}
+    for metric in metrics:
+        cfg = eval_config(config, model_dir, name, metric, samples, split)
+        stats = checked(f"evaluation ({metric}) of {name}", collect.run(cfg))
+        out[metric] = stats["accuracy"]
+        out[f"{metric}_samples"] = stats["samples"]
+        out[f"{metric}_folder"] = str(RunDir.from_config(cfg).path)
+        if metric == "greedy":
+            rows = read_parquet(RunDir.from_config(cfg).path / "samples", kind="sample")
+            tax = taxonomy(rows, [r["response"] for r in rows], [bool(r["correct"]) for r in rows])
+            out["taxonomy"] = {k: v for k, v in tax.items() if k != "diagnoses"}
+    return out
+
+
+def run(
+    config: RunConfig,
+    seeds: list[int],
+    rounds: int = 1,
+    samples: int = 4,
+    tuned: dict[str, list[str]] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The whole ablation; returns the report (also ``<run>/ablate/ablate.{json,md,png}``)."""
+    if not config.eval.limit:
+        raise ValueError("eval.limit must say how many held-out problems to evaluate on")
+    from raystep import demo
+    from raystep.local_ray import ensure_ray
+    from raystep.synth.policy import ensure_policy, settings_from_config
+
+    tuned = tuned or {}
     root = RunDir.from_config(config)
     root.record_config(config)
     started = time.time()
-    policy_dir, _ = ensure_policy(root.path / "policy", demo.policy_settings(config, size), progress)
+    policy_dir, warm = ensure_policy(root.path / "policy", settings_from_config(config), progress)
     base = config.model_copy(deep=True)
     base.model.path = str(policy_dir)
-    demo.ensure_ray()
-    problems = demo.test_problems(base)
-    baseline = demo.evaluate_model(base, str(policy_dir), "no-training", problems, progress)
-    table: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    per_seed = []
+    ensure_ray()
+    start_name = config.name + "-no-training"
+    first = {seed: round_config(base, config.name, seed, 1, str(policy_dir)) for seed in seeds}
+    needed = not evaluated(base, str(policy_dir), start_name, samples) or not all(
+        pairs_built(c) for c in first.values()
+    )
+    # the start policy, served once: its evaluation and every seed's round-1 pairs
+    with served(base, str(policy_dir), needed) as url:
+        baseline = evaluate(through(base, url), str(policy_dir), start_name, samples)
+        data = {seed: build_pairs(through(cfg, url)) for seed, cfg in first.items()}
+    per_seed: list[dict[str, Any]] = []
     for seed in seeds:
-        data_cfg = seed_config(base, config.name, seed)
-        collect.run(data_cfg)
-        localize.run(data_cfg)
-        rectify.run(data_cfg)
-        pairs_file = RunDir.from_config(data_cfg).path / "pairs" / "pairs.jsonl"
-        n_pairs = (
-            sum(1 for line in pairs_file.read_text().splitlines() if line.strip())
-            if pairs_file.exists()
-            else 0
-        )
-        row: dict[str, Any] = {"seed": seed, "pairs": n_pairs, "no training": baseline["accuracy"]}
-        for arm, mode in (("DPO", "dpo"), ("Step-DPO", "stepdpo")):
-            cfg = arm_config(data_cfg, mode)
-            trained = train_run.run(cfg)
-            row[arm] = demo.evaluate_model(cfg, trained["model_dir"], mode, problems, progress)["accuracy"]
-        for arm in ARMS:
-            table[arm].append(row[arm])
-        per_seed.append(row)
-        print(f"[ablate] seed {seed}: " + ", ".join(f"{a} {100 * row[a]:.1f}%" for a in ARMS), flush=True)
-    summary = {arm: mean_interval(table[arm]) for arm in ARMS}
-    diffs = [r["Step-DPO"] - r["DPO"] for r in per_seed]
-    report = {
-        "seeds": seeds,
-        "test_problems": len(problems),
-        "per_seed": per_seed,
-        "summary": summary,
-        "stepdpo_minus_dpo": mean_interval(diffs),
-        "seconds": round(time.time() - started, 1),
-    }
+        data_cfg, built = first[seed], data[seed]
+        seed_rows: list[dict[str, Any]] = []
+        for rnd in range(1, rounds + 1):
+            files = built.pop("files")
+            row: dict[str, Any] = {"seed": seed, "round": rnd, **built, "arms": {}}
+            row["arms"]["no training"] = baseline if rnd == 1 else seed_rows[-1]["arms"][METHOD]
+            arms = [a for a, spec in ARMS.items() if spec is not None] if rnd == 1 else [METHOD]
+            for arm in arms:  # Step-DPO last: its served model also builds the next round's pairs
+                _, whose = ARMS[arm]  # type: ignore[misc]
+                pairs_file = files[whose]
+                if count_lines(pairs_file) == 0:
+                    raise RuntimeError(f"{pairs_file}: no pairs for arm {arm!r} (seed {seed}, round {rnd})")
+                cfg = arm_config(data_cfg, arm, pairs_file, tuned)
+                model_dir = str(demo.train_once(cfg)["model_dir"])
+                nxt = (
+                    round_config(base, config.name, seed, rnd + 1, model_dir)
+                    if arm == METHOD and rnd < rounds
+                    else None
+                )
+                needed = not evaluated(cfg, model_dir, cfg.name, samples) or (
+                    nxt is not None and not pairs_built(nxt)
+                )
+                with served(cfg, model_dir, needed) as url:
+                    row["arms"][arm] = evaluate(through(cfg, url), model_dir, cfg.name, samples)
+                    if nxt is not None:
+                        data_cfg, built = nxt, build_pairs(through(nxt, url))
+            seed_rows.append(row)
+            print(
+                f"[ablate] seed {seed} round {rnd}: "
+                + ", ".join(f"{a} {100 * r['greedy']:.1f}%" for a, r in row["arms"].items()),
+                flush=True,
+            )
+        per_seed.extend(seed_rows)
+    report = summarize(per_seed, seeds, rounds, samples, int(config.eval.limit or 0), config)
+    report["warmup"] = {k: warm.get(k) for k in ("parameters", "final_loss", "train_seconds", "cached")}
+    report["seconds"] = round(time.time() - started, 1)
     out = root.stage("ablate")
-    plot(out / "ablate.png", table, summary)
-    (out / "ablate.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(out / "ablate.png", report)
+    (out / "ablate.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "ablate.md").write_text(render(report) + "\n")
     return report
 
 
-def render(report: dict[str, Any]) -> str:
-    lines = [
-        f"Held-out problems: {report['test_problems']}; seeds: {report['seeds']}; greedy decoding.",
-        "",
-        "| seed | pairs | " + " | ".join(ARMS) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in ARMS) + " |",
-    ]
-    for r in report["per_seed"]:
-        lines.append(
-            f"| {r['seed']} | {r['pairs']} | " + " | ".join(f"{100 * r[a]:.1f}" for a in ARMS) + " |"
-        )
-    lines.append(
-        "| mean (95% t-CI) | | "
-        + " | ".join(
-            f"{100 * s['mean']:.1f} ({100 * s['low']:.1f}-{100 * s['high']:.1f})"
-            for s in (report["summary"][a] for a in ARMS)
-        )
-        + " |"
-    )
-    d = report["stepdpo_minus_dpo"]
-    lines += [
-        "",
-        f"Step-DPO - DPO: {100 * d['mean']:+.1f} points (95% t-CI {100 * d['low']:+.1f} to {100 * d['high']:+.1f}).",
-    ]
-    return "\n".join(lines)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="data and training seeds")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="data and training seeds"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="iterative Step-DPO rounds (round 1: all arms)")
+    parser.add_argument("--samples", type=int, default=4, help="samples per problem for sampled accuracy")
+    parser.add_argument("--policy", default="small", help="policy size preset: small | large")
+    parser.add_argument("--tuned", type=Path, help="settings per method from `raystep sweep` (sweep.json)")
     parser.add_argument("--quick", action="store_true", help="CI-sized runs")
-    parser.add_argument("--port", type=int, default=8321, help="port of the local Serve app (127.0.0.1)")
-    parser.add_argument("--no-progress", action="store_true", help="no warm-up or evaluation progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no warm-up progress bar")
+
+
+def base_config(args: argparse.Namespace, command: str) -> RunConfig:
+    """The config of ``raystep ablate`` / ``raystep sweep``: defaults, the policy preset, then the user's."""
+    from raystep.synth.policy import preset_overrides
+
+    name = f"{command}-{args.policy}" + ("-quick" if args.quick else "")
+    overrides = [*ablate_overrides(args.quick), *preset_overrides(args.policy), f"name={name}"]
+    return load_config(args.config, overrides + list(args.overrides))
+
+
+def load_tuned(path: Path | None) -> dict[str, list[str]]:
+    """``{train.mode: [--set items]}`` from a sweep's ``sweep.json`` (its ``best`` entry)."""
+    if path is None:
+        return {}
+    data = json.loads(Path(path).read_text())
+    return {mode: list(items) for mode, items in data["best"].items()}
 
 
 def main(args: argparse.Namespace) -> int:
-    from raystep import demo
-
-    size = "quick" if args.quick else "full"
-    overrides = demo.demo_overrides(size, args.port) + [f"name=ablate{'-quick' if args.quick else ''}"]
-    config = load_config(args.config, overrides + list(args.overrides))
-    report = run(config, list(args.seeds), size, progress=not args.no_progress)
+    if args.rounds < 1:
+        raise SystemExit("raystep ablate: --rounds must be >= 1")
+    config = base_config(args, "ablate")
+    report = run(
+        config,
+        list(args.seeds),
+        rounds=args.rounds,
+        samples=args.samples,
+        tuned=load_tuned(args.tuned),
+        progress=not args.no_progress,
+    )
     print(render(report))
     print(f"report: {RunDir.from_config(config).path}/ablate/ablate.md ({report['seconds']:.0f} s)")
     return 0

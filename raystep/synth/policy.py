@@ -26,10 +26,13 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raystep.steps import STEP_PRIMER, build_prompt, get_template
-from raystep.synth.world import MISTAKES, WorldSpec, generate, solution, solution_with_mistake
+from raystep.synth.world import AnySpec, WorldSpec, generate, spec_from_config
+
+if TYPE_CHECKING:
+    from raystep.config import RunConfig
 
 MARKER = "warmup.json"
 """Written last into the policy folder: its presence (with matching settings) means the warm-up is done."""
@@ -48,8 +51,10 @@ class PolicySettings:
     """Two heads of 32: vLLM's CPU attention needs a head size of at least 32."""
     intermediate_size: int = 192
     num_examples: int = 4000
-    mistake_rate: float = 0.3
+    slip_rate: float = 0.3
     """Share of warm-up solutions that contain one slip (kind and step drawn at random)."""
+    slips: tuple[str, ...] | None = None
+    """Slip kinds to draw from; None: the world's own (``spec.slips``)."""
     steps: int = 1500
     batch_size: int = 16
     learning_rate: float = 5e-3
@@ -57,10 +62,50 @@ class PolicySettings:
     seed: int = 0
     torch_threads: int = 1
     """Intra-op threads: a model this small runs fastest on one (more threads fight on a busy machine)."""
-    world: WorldSpec = field(default_factory=WorldSpec)
+    world: AnySpec = field(default_factory=WorldSpec)
 
     def fingerprint(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        data = {**asdict(self), "world_kind": type(self.world).__name__}
+        return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, dict[str, int]] = {
+    "small": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 192},
+    "large": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "intermediate_size": 384},
+}
+"""Two policy sizes (about 0.13M and 0.46M parameters with the default vocabulary), heads of 32. The
+larger doubles the width: four times the parameters per layer at about three times the cost per step,
+which a 2-core machine can still warm up."""
+
+
+def preset_overrides(name: str) -> list[str]:
+    """``--set`` items choosing a preset size under ``data.synth.policy``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown policy size {name!r}; known: {', '.join(PRESETS)}")
+    return [f"data.synth.policy.{k}={v}" for k, v in PRESETS[name].items()]
+
+
+def settings_from_config(config: RunConfig) -> PolicySettings:
+    """The warm-up settings of a run: ``data.synth.policy``, the world of ``data.synth``, the template."""
+    p = config.data.synth.policy
+    return PolicySettings(
+        template=config.model.template,
+        vocab_size=p.vocab_size,
+        hidden_size=p.hidden_size,
+        num_layers=p.num_layers,
+        num_heads=p.num_heads,
+        intermediate_size=p.intermediate_size,
+        num_examples=p.num_examples,
+        slip_rate=p.slip_rate,
+        slips=tuple(p.slips) if p.slips else None,
+        steps=p.steps,
+        batch_size=p.batch_size,
+        learning_rate=p.learning_rate,
+        warmup_ratio=p.warmup_ratio,
+        seed=config.data.synth.seed,
+        torch_threads=p.torch_threads,
+        world=spec_from_config(config.data),
+    )
 
 
 def completion_text(problem_solution: str) -> str:
@@ -94,14 +139,15 @@ def build_tokenizer(texts: list[str], out_dir: str | os.PathLike[str], vocab_siz
 
 
 def warmup_examples(settings: PolicySettings) -> list[tuple[str, str, bool]]:
-    """``(prompt, completion, has_mistake)`` for SFT, from the world's ``sft`` split (never train/test)."""
+    """``(prompt, completion, has_slip)`` for SFT, from the world's ``sft`` split (never train/test)."""
     rng = random.Random(f"raystep-warmup:{settings.seed}")
+    kinds = settings.slips or settings.world.slips
     out = []
     for p in generate(settings.world, settings.num_examples, settings.seed, "sft"):
-        text = solution(p)
-        wrong = rng.random() < settings.mistake_rate
+        text = p.solution()
+        wrong = rng.random() < settings.slip_rate
         if wrong:
-            text = solution_with_mistake(p, rng.randint(1, len(p.events)), rng.choice(MISTAKES), rng)
+            text = p.random_slip(rng, kinds)
         out.append((*training_pair(p.question, text, settings.template), wrong))
     return out
 
@@ -191,7 +237,7 @@ def train_policy(out_dir: str | os.PathLike[str], settings: PolicySettings, prog
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab": len(tokenizer),
         "max_sequence_tokens": max_len,
-        "mistake_examples": sum(1 for *_, wrong in examples if wrong),
+        "slip_examples": sum(1 for *_, wrong in examples if wrong),
         "final_loss": sum(losses[-50:]) / len(losses[-50:]),
         "loss_curve": [
             round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, len(losses), 50)

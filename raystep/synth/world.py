@@ -17,18 +17,20 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 if TYPE_CHECKING:
     from raystep.config import DataConfig
+    from raystep.synth.story import StorySpec
 
-Split = Literal["sft", "train", "test"]
+Split = Literal["sft", "train", "test", "valid"]
 SPLIT_BUCKETS: dict[str, frozenset[int]] = {
     "test": frozenset({0}),
     "train": frozenset({1, 2, 3}),
     "sft": frozenset({4, 5, 6, 7, 8, 9}),
 }
-"""Question-hash buckets (mod 10) of each split: disjoint by construction."""
+"""Question-hash buckets (mod 10) of each split: disjoint by construction. The chain world has no
+``valid`` split (its three are kept as they were, so its published numbers stay reproducible)."""
 
 OPERATORS = ("+", "-", "*", "/")
 NAMES = (
@@ -102,6 +104,22 @@ class WorldSpec:
                 "widen the operand range, raise max_value, add operators or lower min_steps"
             )
 
+    @property
+    def splits(self) -> dict[str, frozenset[int]]:
+        return SPLIT_BUCKETS
+
+    @property
+    def slips(self) -> tuple[str, ...]:
+        """The mistakes the warm-up data may contain by default."""
+        return MISTAKES
+
+    def sample(self, rng: random.Random) -> Problem:
+        return sample_problem(rng, self)
+
+
+AnySpec = Union[WorldSpec, "StorySpec"]
+"""A world: the chain world's ``WorldSpec`` or the story world's ``StorySpec``."""
+
 
 @dataclass(frozen=True)
 class Event:
@@ -130,6 +148,25 @@ class Problem:
     @property
     def answer(self) -> int:
         return self.values()[-1]
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.events)
+
+    def solution(self) -> str:
+        return solution(self)
+
+    def with_slip(self, k: int, kind: str, rng: random.Random) -> str:
+        return solution_with_mistake(self, k, kind, rng)
+
+    def slip_steps(self, kind: str) -> list[int]:
+        """Every step can show every mistake of this world."""
+        return list(range(1, len(self.events) + 1))
+
+    def random_slip(self, rng: random.Random, kinds: tuple[str, ...]) -> str:
+        """A solution with one slip at a random step, of a random kind: the step drawn first, then the kind
+        (the order of the first warm-ups, so the demo's warm-up data and its published numbers stay)."""
+        return solution_with_mistake(self, rng.randint(1, len(self.events)), rng.choice(kinds), rng)
 
     @property
     def question(self) -> str:
@@ -201,7 +238,7 @@ def solution_with_mistake(problem: Problem, k: int, kind: str, rng: random.Rando
             }
             others.discard(e.n)
             b = rng.choice(sorted(others))
-        c = _loose_op(a, op, b)
+        c = loose_op(a, op, b)
         if i == k and kind == "arithmetic":
             c += rng.choice((-10, -2, -1, 1, 2, 10))
         lines.append(f"Step {i}:" + step_text(problem, i, a, op, b, c))
@@ -235,7 +272,7 @@ def _chains_exist(spec: WorldSpec) -> bool:
     return True
 
 
-def _loose_op(a: int, op: str, b: int) -> int:
+def loose_op(a: int, op: str, b: int) -> int:
     """Like ``apply_op`` but a non-exact division rounds down (a continuation after a slip may hit one)."""
     return a // b if op == "/" and b else apply_op(a, op, b)
 
@@ -278,12 +315,16 @@ def sample_problem(rng: random.Random, spec: WorldSpec) -> Problem:
     raise ValueError(f"100000 draws found no chain for {spec}: widen the knobs")
 
 
-def generate(spec: WorldSpec, count: int, seed: int = 0, split: Split = "train") -> list[Problem]:
-    """``count`` distinct problems of ``split``; the same (spec, count, seed, split) gives the same list."""
-    if split not in SPLIT_BUCKETS:
-        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLIT_BUCKETS)}")
+def generate(spec: AnySpec, count: int, seed: int = 0, split: Split = "train") -> list[Any]:
+    """``count`` distinct problems of ``split``; the same (spec, count, seed, split) gives the same list.
+
+    ``spec`` is a ``WorldSpec`` (the chain world) or a ``story.StorySpec``: anything with ``sample(rng)``
+    and ``splits``.
+    """
+    if split not in spec.splits:
+        raise ValueError(f"unknown split {split!r} for this world; known: {', '.join(spec.splits)}")
     rng = random.Random(f"raystep-synth:{seed}:{split}")
-    buckets = SPLIT_BUCKETS[split]
+    buckets = spec.splits[split]
     seen: set[str] = set()
     out: list[Problem] = []
     attempts = 0
@@ -294,7 +335,7 @@ def generate(spec: WorldSpec, count: int, seed: int = 0, split: Split = "train")
                 f"the world is too small for {count} distinct {split!r} problems (got {len(out)}): "
                 "widen the operand range or the number of steps"
             )
-        p = sample_problem(rng, spec)
+        p = spec.sample(rng)
         q = p.question
         if q in seen or _bucket(q) not in buckets:
             continue
@@ -303,44 +344,46 @@ def generate(spec: WorldSpec, count: int, seed: int = 0, split: Split = "train")
     return out
 
 
-def problem_row(p: Problem, split: str, index: int, seed: int) -> dict:
+def problem_row(p: Any, split: str, index: int, seed: int) -> dict:
     """The pipeline's problem row: ``id, dataset="synth", question, answer`` plus the worked solution."""
     return {
         "id": f"synth-{split}-{seed}-{index:05d}",
         "dataset": "synth",
         "question": p.question,
         "answer": str(p.answer),
-        "solution": solution(p),
-        "level": len(p.events),
+        "solution": p.solution(),
+        "level": p.num_steps,
     }
 
 
-def spec_from_config(data: DataConfig) -> WorldSpec:
+def spec_from_config(data: DataConfig) -> AnySpec:
+    """The world ``data.synth.world`` names, with its knobs (a knob left empty keeps the world's default)."""
     s = data.synth
-    return WorldSpec(
-        min_steps=s.min_steps,
-        max_steps=s.max_steps,
-        min_operand=s.min_operand,
-        max_operand=s.max_operand,
-        max_factor=s.max_factor,
-        max_value=s.max_value,
-        operators=tuple(s.operators),
-    )
+    shared = {
+        k: getattr(s, k)
+        for k in ("min_steps", "max_steps", "min_operand", "max_operand", "max_value")
+        if getattr(s, k) is not None
+    }
+    if s.world == "story":
+        from raystep.synth.story import StorySpec
+
+        return StorySpec(**shared, max_distractors=s.max_distractors, kinds=tuple(s.kinds))
+    return WorldSpec(**shared, max_factor=s.max_factor, operators=tuple(s.operators))
 
 
 def load_problems(data: DataConfig) -> list[dict]:
-    """Problem rows for ``data.source: synth``: ``data.split`` (sft | train | test), ``data.synth`` knobs.
+    """Problem rows for ``data.source: synth``: ``data.split`` (sft | train | test, and ``valid`` in the
+    story world), ``data.synth`` knobs.
 
     ``data.limit`` caps the count (default ``data.synth.num_problems``).
     """
-    split = data.split if data.split in SPLIT_BUCKETS else None
+    spec = spec_from_config(data)
+    split = data.split if data.split in spec.splits else None
     if split is None:
         raise ValueError(
-            f"data.split for source 'synth' must be one of {', '.join(SPLIT_BUCKETS)}, got {data.split!r}"
+            f"data.split for source 'synth' (world {data.synth.world!r}) must be one of "
+            f"{', '.join(spec.splits)}, got {data.split!r}"
         )
     count = data.limit or data.synth.num_problems
     seed = data.synth.seed
-    return [
-        problem_row(p, split, i, seed)
-        for i, p in enumerate(generate(spec_from_config(data), count, seed, split))
-    ]
+    return [problem_row(p, split, i, seed) for i, p in enumerate(generate(spec, count, seed, split))]

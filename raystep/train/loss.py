@@ -39,23 +39,30 @@ def preference_loss(
     nll_weight: float = 0.0,
     chosen_tokens: torch.Tensor | None = None,
 ) -> LossOutput:
-    """DPO (``sigmoid``, with conservative label smoothing) or ``ipo``, plus optional NLL on chosen.
+    """DPO (``sigmoid``, with conservative label smoothing) or ``ipo``, plus optional NLL on chosen;
+    or ``sft``: the NLL alone.
 
     sigmoid: ``-(1-eps) log s(beta h) - eps log s(-beta h)``, ``h = (pi_c - ref_c) - (pi_r - ref_r)``.
     ipo: ``(h - 1 / (2 beta))^2`` on the summed log-ratios.
     nll: ``nll_weight * mean(-pi_c / n_chosen_tokens)`` (the per-token NLL of the chosen step).
+    sft: ``-pi_c / n_chosen_tokens`` per pair (supervised fine-tuning on the chosen branch; the rejected
+    branch and the reference only feed the reward metrics).
     """
     chosen_ratio = policy_chosen - ref_chosen
     rejected_ratio = policy_rejected - ref_rejected
     h = chosen_ratio - rejected_ratio
-    if loss_type == "sigmoid":
+    if loss_type == "sft":
+        if chosen_tokens is None:
+            raise ValueError("loss 'sft' needs chosen_tokens (the chosen branch lengths)")
+        losses = -policy_chosen / chosen_tokens.clamp(min=1)
+    elif loss_type == "sigmoid":
         losses = -F.logsigmoid(beta * h) * (1 - label_smoothing) - F.logsigmoid(-beta * h) * label_smoothing
     elif loss_type == "ipo":
         losses = (h - 1 / (2 * beta)) ** 2
     else:
-        raise ValueError(f"unknown loss type {loss_type!r}; use 'sigmoid' or 'ipo'")
+        raise ValueError(f"unknown loss type {loss_type!r}; use 'sigmoid', 'ipo' or 'sft'")
     loss = losses.mean()
-    if nll_weight > 0:
+    if nll_weight > 0 and loss_type != "sft":
         if chosen_tokens is None:
             raise ValueError("nll_weight > 0 needs chosen_tokens (the chosen step lengths)")
         loss = loss + nll_weight * (-policy_chosen / chosen_tokens.clamp(min=1)).mean()

@@ -64,14 +64,24 @@ def pair_texts(
 ) -> tuple[str, str, str]:
     """(prompt text, chosen text, rejected text) for a pair row in the public schema.
 
+    ``full_chosen`` / ``full_rejected`` continue ``initial_reason_steps`` from step k to the end (as
+    rectify writes them), so a whole response is ``initial_reason_steps + full_*``.
+
     ``stepdpo``: the prompt continues the correct prefix (Step-DPO's joining), branches are step bodies.
-    ``dpo``: the bare template prompt, branches are ``full_chosen`` / ``full_rejected`` whole responses.
+    ``dpo``: whole responses. The prompt holds the shared prefix and the branches the two full
+    continuations: the prefix's log-probs are the same in both branches and cancel in the DPO loss.
+    ``sft``: the bare template prompt, branches are the two whole responses (the loss uses chosen only).
     """
-    if mode == "dpo":
+    if mode in ("dpo", "sft"):
         chosen, rejected = row.get("full_chosen") or "", row.get("full_rejected") or ""
         if not chosen.strip() or not rejected.strip():
-            raise ValueError("mode 'dpo' needs non-empty full_chosen and full_rejected")
-        return build_prompt(template, row["prompt"], "", tokenizer=tokenizer), chosen, rejected
+            raise ValueError(f"mode {mode!r} needs non-empty full_chosen and full_rejected")
+        prefixed = build_prompt(template, row["prompt"], row["initial_reason_steps"], tokenizer=tokenizer)
+        if mode == "dpo":
+            return prefixed, chosen, rejected
+        head = build_prompt(template, row["prompt"], "", tokenizer=tokenizer)
+        prefix = prefixed[len(head) :]
+        return head, prefix + chosen, prefix + rejected
     prompt = build_prompt(template, row["prompt"], row["initial_reason_steps"], tokenizer=tokenizer)
     return prompt, row["chosen"], row["rejected"]
 

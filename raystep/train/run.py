@@ -45,7 +45,7 @@ def load_pairs(config: RunConfig, run_dir: RunDir) -> tuple[list[dict[str, Any]]
     path = find_pairs(config, run_dir)
     rejects = Rejects(run_dir.path / "train" / "rejects.jsonl") if config.data.rejects else None
     rows = read_rows(path, kind="pair", rejects=rejects)
-    if config.train.mode == "dpo":
+    if config.train.mode in ("dpo", "sft"):
         bad = [
             i
             for i, r in enumerate(rows)
@@ -53,7 +53,8 @@ def load_pairs(config: RunConfig, run_dir: RunDir) -> tuple[list[dict[str, Any]]
         ]
         if bad:
             raise ValueError(
-                f"{path}: train.mode=dpo needs full_chosen/full_rejected; rows {bad[:5]} lack them"
+                f"{path}: train.mode={config.train.mode} needs full_chosen/full_rejected; "
+                f"rows {bad[:5]} lack them"
             )
     if not rows:
         raise ValueError(f"{path}: no pairs to train on")

@@ -62,7 +62,8 @@ class StepSettings:
 
     @classmethod
     def from_train_config(cls, train: Any) -> StepSettings:
-        return cls(train.beta, train.loss, train.label_smoothing, train.nll_weight)
+        loss = "sft" if getattr(train, "mode", "stepdpo") == "sft" else train.loss
+        return cls(train.beta, loss, train.label_smoothing, train.nll_weight)
 
 
 def reference_logps(batch: Batch, ref_model: Any | None) -> torch.Tensor:
