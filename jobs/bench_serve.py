@@ -4,8 +4,10 @@ A local Ray starts ``raystep serve``'s app once on loopback (vLLM's CPU build he
 GPU machine). It then gets two bounded loads in turn: one client sending ``/v1/completions`` requests
 (GSM8K questions, sampled, ``max_tokens`` fixed) back to back for D seconds, then N concurrent clients
 doing the same. vLLM batches concurrent requests continuously, so the ratio of the two says what that
-batching buys behind Serve. The script prints requests/s, tokens/s, p50 and p99 latency, the error and
-5xx counts per load, the ratios, and fails (exit 1) on any 5xx. The model is a tiny Qwen2 built here (no
+batching buys behind Serve. Then 16 concurrent small requests are timed alone and beside the biggest
+request the serving limits allow (``serve.limits``), kept in flight back to back: the ratio says how much
+one maximal client slows everyone else. The script prints requests/s, tokens/s, p50 and p99 latency, the
+error and 5xx counts per load, the ratios, and fails (exit 1) on any 5xx. The model is a tiny Qwen2 built here (no
 download) unless ``--model`` names a folder; start-up time is reported apart.
 
     python jobs/bench_serve.py [--clients 32] [--duration 30] [--max-tokens 32] [--model DIR]
@@ -107,6 +109,61 @@ async def load(
     }
 
 
+def beside_maximal(base_url: str, prompts: list[str], config: RunConfig, tokenizer: Any) -> dict[str, Any]:
+    """The slowest of 16 concurrent small requests (8 tokens, greedy) alone (median of three rounds),
+    then while the biggest request the limits allow (a prompt of half the context, ``max_choices``
+    completions filling the rest, ``ignore_eos``) is kept in flight back to back."""
+    import concurrent.futures
+    import threading
+
+    import httpx
+
+    context = int(config.engine.max_model_len or 1024)
+    prompt = tokenizer.decode(tokenizer(" ".join(prompts))["input_ids"][: context // 2])
+    room = context - len(tokenizer(prompt)["input_ids"]) - 1
+    maximal = {
+        "model": "raystep", "prompt": prompt, "n": config.serve.limits.max_choices, "max_tokens": room,
+        "temperature": 1.0, "ignore_eos": True,
+    }  # fmt: skip
+
+    def small(i: int) -> float:
+        body = {"model": "raystep", "prompt": prompts[i], "max_tokens": 8, "temperature": 0}
+        started = time.perf_counter()
+        resp = httpx.post(f"{base_url}/completions", json=body, timeout=300)
+        resp.raise_for_status()
+        return time.perf_counter() - started
+
+    def sixteen() -> float:
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            return max(pool.map(small, range(16)))
+
+    sixteen()  # warm
+    unloaded = statistics.median(sixteen() for _ in range(3))
+    done, spans = threading.Event(), []
+
+    def keep_maximal_in_flight() -> None:
+        while not done.is_set():
+            began = time.perf_counter()
+            httpx.post(f"{base_url}/completions", json=maximal, timeout=600).raise_for_status()
+            spans.append(time.perf_counter() - began)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        big = pool.submit(keep_maximal_in_flight)
+        time.sleep(0.5)
+        loaded = statistics.median(sixteen() for _ in range(3))
+        done.set()
+        big.result()
+    return {
+        "unloaded_slowest_s": round(unloaded, 3),
+        "beside_maximal_slowest_s": round(loaded, 3),
+        "ratio": round(loaded / unloaded, 2),
+        "maximal_requests": len(spans),
+        "maximal_s": round(statistics.median(spans), 2),
+        "maximal_choices": maximal["n"],
+        "maximal_tokens": room,
+    }
+
+
 def run_loads(model: Path, args: argparse.Namespace, prompts: list[str]) -> dict[str, Any]:
     """Serve ``model`` once; measure one client, then ``args.clients`` concurrent clients."""
     from raystep.serve.run import shutdown, start
@@ -133,9 +190,12 @@ def run_loads(model: Path, args: argparse.Namespace, prompts: list[str]) -> dict
                 load(url, prompts, args.clients, args.duration, args.max_tokens)
             ),
         }
+        from transformers import AutoTokenizer
+
+        fairness = beside_maximal(url, prompts, config, AutoTokenizer.from_pretrained(str(model)))
     finally:
         shutdown()
-    return {"startup_s": round(startup, 1), "results": results}
+    return {"startup_s": round(startup, 1), "results": results, "beside_maximal": fairness}
 
 
 def plot(results: dict[str, dict[str, Any]], path: str) -> None:
@@ -213,6 +273,12 @@ def main() -> int:
     ratio_rps = many["requests_per_s"] / max(one["requests_per_s"], 1e-9)
     ratio_tps = many["tokens_per_s"] / max(one["tokens_per_s"], 1e-9)
     print(f"{args.clients} clients / 1 client: {ratio_rps:.2f}x requests/s, {ratio_tps:.2f}x tokens/s")
+    fair = measured["beside_maximal"]
+    print(
+        f"16 small requests beside a maximal one ({fair['maximal_choices']} x {fair['maximal_tokens']} tokens, "
+        f"{fair['maximal_s']:.1f} s each): slowest {fair['beside_maximal_slowest_s']:.2f} s vs "
+        f"{fair['unloaded_slowest_s']:.2f} s alone: {fair['ratio']:.2f}x (target <= 2x)"
+    )
     print(json.dumps({**measured, "ratio_requests_per_s": round(ratio_rps, 2)}, default=str))
     if args.plot:
         plot(results, args.plot)

@@ -445,6 +445,24 @@ class TrainConfig(Section):
         return self
 
 
+class ServeLimits(Section):
+    """What one request may ask of the served model, checked by the ingress before any engine work.
+
+    A request over a limit gets an OpenAI-style 4xx at once (before tokenizing or queueing), so one
+    client's huge body, prompt or fan-out cannot fail or stall the others' requests.
+    """
+
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest request body in bytes; a bigger one gets 413 before it is read whole or parsed."""
+    max_json_depth: int = Field(default=32, ge=2)
+    """Deepest nesting of arrays and objects in a JSON body; deeper gets 400."""
+    max_prompt_chars: int | None = Field(default=None, ge=1)
+    """Most characters in one prompt (a chat request: all its messages' text); empty: 32 per token of
+    ``engine.max_model_len`` (of 32768 tokens when that is empty), above what any real text needs."""
+    max_choices: int = Field(default=16, ge=1)
+    """Most completions one request may ask for: its prompts times ``n``."""
+
+
 class ServeConfig(Section):
     """Hosting a model behind OpenAI-compatible routes."""
 
@@ -470,6 +488,7 @@ class ServeConfig(Section):
     """Requests one replica handles at once."""
     max_queued_requests: int = Field(default=-1, ge=-1)
     """Requests waiting for a replica beyond which Serve answers 503 at once (-1: no limit)."""
+    limits: ServeLimits = Field(default_factory=ServeLimits)
 
 
 class EvalConfig(Section):

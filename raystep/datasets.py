@@ -114,14 +114,17 @@ def _iter_file(path: Path, rejects: Rejects | None) -> Iterator[tuple[str, Any]]
             yield f"{path}:{lineno}", row
 
 
-def _load_hub(name: str, split: str) -> Iterator[tuple[str, Any]]:
+DATA_FIX = "set data.path to a local JSONL/Parquet file (or data.hub_name to a local dataset folder)"
+"""How to do without the hub, for the data stages (an evaluation names its own setting instead)."""
+
+
+def _load_hub(name: str, split: str, fix: str = DATA_FIX) -> Iterator[tuple[str, Any]]:
     """Records of a hub dataset (every named config of it, when it has them)."""
     try:
         import datasets as hf_datasets
     except ImportError as exc:
         raise DatasetError(
-            f"loading hub dataset {name!r} needs the 'datasets' package (pip install raystep[hub]), "
-            "or set data.path to a local JSONL/Parquet file"
+            f"loading hub dataset {name!r} needs the 'datasets' package (pip install raystep[hub]), or {fix}"
         ) from exc
     configs: list[str | None] = list(HUB_CONFIGS.get(name, [None]))
     for config_name in configs:
@@ -131,8 +134,7 @@ def _load_hub(name: str, split: str) -> Iterator[tuple[str, Any]]:
             label = f"{name}" + (f" ({config_name})" if config_name else "")
             raise DatasetError(
                 f"cannot load hub dataset {label!r}, split {split!r}: {type(exc).__name__}: {exc}. "
-                "Without network access, download it elsewhere and set data.path to a local "
-                "JSONL/Parquet file (or data.hub_name to a local dataset folder)."
+                f"Without network access, download it elsewhere and {fix}."
             ) from None
         prefix = f"{name}" + (f"/{config_name}" if config_name else "") + f"[{split}]"
         for i, row in enumerate(ds, start=1):
@@ -325,9 +327,12 @@ def _local_file(source: str, split: str, data_dir: Path | None) -> Path | None:
 
 
 def load_problems(
-    data: DataConfig, data_dir: Path | None = None, rejects: Rejects | None = None
+    data: DataConfig, data_dir: Path | None = None, rejects: Rejects | None = None, fix: str = DATA_FIX
 ) -> list[dict[str, Any]]:
-    """Problem rows for the ``data`` section (``source``, ``path``, ``hub_name``, ``split``, ``limit``)."""
+    """Problem rows for the ``data`` section (``source``, ``path``, ``hub_name``, ``split``, ``limit``).
+
+    ``fix`` says how to do without the hub when a known source has no local file and the hub fails.
+    """
     source = data.source
     if source == "synth":
         from raystep.synth.world import load_problems as load_synth
@@ -372,9 +377,9 @@ def load_problems(
     if hub is None:
         raise DatasetError(
             f"no local file for {source!r} (looked for {LOCAL_FILES.get((source, 'test'))} under {data_dir}); "
-            "set data.path"
+            f"{fix}"
         )
-    records = _load_hub(hub, data.split)
+    records = _load_hub(hub, data.split, fix)
     return _convert_all(records, dataset, column_map, data.limit, rejects, f"{dataset}-{data.split}")
 
 
@@ -387,9 +392,27 @@ def _dataset_label(source: str, fallback: str) -> str:
     return fallback
 
 
-def load_benchmark(name: str, data_dir: Path | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+def load_benchmark(
+    name: str,
+    data_dir: Path | None = None,
+    limit: int | None = None,
+    setting: str = "eval.data_dir",
+    hub: bool = True,
+) -> list[dict[str, Any]]:
     """A test set by name: ``gsm8k`` (test), ``gsm8k-stepdpo``, ``math500`` or ``math`` (the full MATH test:
-    ``<data>/math/test.jsonl`` when present, else the hub)."""
+    ``<data>/math/test.jsonl`` when present, else the hub).
+
+    With ``hub`` off (a folder the user named in ``setting``) a missing file is an error naming that
+    setting at once, rather than a long wait on the hub; errors after a hub attempt name it too.
+    """
     if name not in BENCHMARKS:
         raise DatasetError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
-    return load_problems(DataConfig(source=name, split="test", limit=limit), data_dir=data_dir)
+    rel = LOCAL_FILES[(name, "test")]
+    if not hub and _local_file(name, "test", data_dir) is None:
+        raise DatasetError(
+            f"{setting} is {data_dir}, which has no {rel} for benchmark {name!r}: put the file there, "
+            f"or leave {setting} empty to read $RAYSTEP_DATA or the hub"
+        )
+    fix = f"put it at {rel} under {setting}"
+    data = DataConfig(source=name, split="test", limit=limit)
+    return load_problems(data, data_dir=data_dir, fix=fix)

@@ -4,15 +4,48 @@ local one of its own.
 A local Ray is started with ``address="local"`` so a run never attaches to a cluster someone else left
 running on the machine, with at least 8 logical CPUs so that a served policy, a stage's request and
 grading actors and its tasks can all be placed on a 2-core machine (they mostly wait on each other),
-and with workers' output kept in Ray's session logs rather than on the terminal.
+and with workers' output kept in Ray's session logs rather than on the terminal. Its services (GCS,
+raylet and object manager, workers, agents) listen on 127.0.0.1 only: see :func:`loopback_only`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 LOCAL_ENV = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+LOOPBACK = "127.0.0.1"
+SINGLE_HOST_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch for a local-only node (its default on macOS and Windows): ``0`` keeps its address loopback."""
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[dict[str, str]]:
+    """Around a local ``ray.init``: Ray's services bind 127.0.0.1 instead of every interface.
+
+    Ray 2.60 binds its gRPC servers (GCS, raylet, object manager, core workers) to 127.0.0.1 only when
+    the node's address is 127.0.0.1, and otherwise to 0.0.0.0; its agents follow the same address. But
+    ``ray.init(_node_ip_address="127.0.0.1")`` alone is turned back into the machine's routable address
+    unless Ray's single-host switch is off, and that switch is read when ``ray`` is imported. So this
+    sets the switch in the environment (inherited by the GCS, raylet and workers started inside) and in
+    the already imported module, and restores both afterwards so that a later connection to a real
+    cluster from this process is unaffected. Yields the ``ray.init`` keywords to add.
+    """
+    from ray._private import ray_constants
+
+    before_env, before_flag = os.environ.get(SINGLE_HOST_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_HOST_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield {"_node_ip_address": LOOPBACK}
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_flag
+        if before_env is None:
+            os.environ.pop(SINGLE_HOST_ENV, None)
+        else:
+            os.environ[SINGLE_HOST_ENV] = before_env
 
 
 def ensure_ray(min_cpus: int = 8) -> None:
@@ -27,10 +60,12 @@ def ensure_ray(min_cpus: int = 8) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**common)
     else:
-        ray.init(
-            address="local",
-            num_cpus=max(min_cpus, os.cpu_count() or 2),
-            runtime_env={"env_vars": LOCAL_ENV},
-            **common,
-        )
+        with loopback_only() as local:
+            ray.init(
+                address="local",
+                num_cpus=max(min_cpus, os.cpu_count() or 2),
+                runtime_env={"env_vars": LOCAL_ENV},
+                **common,
+                **local,
+            )
     quiet_libraries()  # ray.init configures Ray's loggers: turn them down again

@@ -49,6 +49,17 @@ RAY_INIT_KWARGS = dict(
 )
 
 
+def start_local_ray(**overrides) -> None:
+    """``ray.init`` of a local Ray as the tests want it (``RAY_INIT_KWARGS`` plus ``overrides``), its
+    services on 127.0.0.1 only, as a local raystep run has them."""
+    import ray
+
+    from raystep.local_ray import loopback_only
+
+    with loopback_only() as local:
+        ray.init(**{**RAY_INIT_KWARGS, **overrides}, **local)
+
+
 @pytest.fixture
 def ray_local():
     """A local Ray, started on first use and kept for the session.
@@ -59,7 +70,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(**RAY_INIT_KWARGS)
+        start_local_ray()
     return ray
 
 

@@ -221,3 +221,36 @@ def test_a_judge_outage_fails_loudly_and_a_rerun_after_it_labels_every_row(tmp_p
 
 def test_config_has_max_attempts():
     assert load_config(None, ["max_attempts=5"]).max_attempts == 5
+
+
+# -- eval: a data folder the user named must hold the benchmark; no silent wait on the hub ----------
+
+
+def test_eval_data_dir_without_the_benchmark_names_eval_data_dir_at_once(tmp_path, capsys, monkeypatch):
+    import raystep.datasets
+    from raystep.cli import main
+
+    hub_calls: list[str] = []
+    real_hub = raystep.datasets._load_hub
+
+    def recorded_hub(name: str, *args: Any, **kwargs: Any) -> Any:
+        hub_calls.append(name)
+        return real_hub(name, *args, **kwargs)
+
+    monkeypatch.setattr(raystep.datasets, "_load_hub", recorded_hub)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # were the hub tried, it would fail here rather than wait
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    args = [
+        "eval",
+        *("--set", f"storage.root={tmp_path / 'runs'}"),
+        *("--set", f"eval.data_dir={folder}"),
+        *("--set", "eval.benchmarks=[math500]"),
+        *("--set", "eval.base_url=http://127.0.0.1:9/v1"),
+    ]
+    assert main(args) == BAD_INPUT
+    assert hub_calls == []  # the named folder lacks the file: no detour through the hub
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "eval.data_dir" in line and str(folder) in line and "math/math500_test.jsonl" in line
+    assert "data.path" not in line

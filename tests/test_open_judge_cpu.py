@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RAY_INIT_KWARGS
+from conftest import RAY_INIT_KWARGS, start_local_ray
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_open_judge_served_by_vllm_localizes_and_rectify_follows(tmp_path, tiny_
 
     ray.shutdown()  # a Ray of our own: the judge, its ingress and the stages' actors need CPUs
     env = {**RAY_INIT_KWARGS["runtime_env"]["env_vars"], "RAYSTEP_JUDGE_KEY": key}
-    ray.init(**{**RAY_INIT_KWARGS, "num_cpus": 6, "runtime_env": {"env_vars": env}})
+    start_local_ray(num_cpus=6, runtime_env={"env_vars": env})
     try:
         url = serve_run.start(judge_run_config(config))  # what `raystep serve --judge` runs
         assert url == judge.base_url

@@ -12,6 +12,11 @@ import concurrent.futures
 import logging
 import os
 import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -55,7 +60,7 @@ def test_starting_the_app_prints_no_library_info_lines(server):
 def server(tiny_model: Path):
     """Start the app once for the module on the session's local Ray; Serve is shut down after."""
     import ray
-    from conftest import RAY_INIT_KWARGS
+    from conftest import start_local_ray
 
     from raystep.serve.run import shutdown, start
 
@@ -63,7 +68,7 @@ def server(tiny_model: Path):
     # module's Ray with the key in the environment its processes inherit, as a node would have it.
     ray.shutdown()
     os.environ[KEY_ENV] = KEY
-    ray.init(**RAY_INIT_KWARGS)
+    start_local_ray()
     config = RunConfig.model_validate(
         {
             "model": {"path": str(tiny_model)},
@@ -234,6 +239,196 @@ def test_off_loopback_the_key_is_required(server: str):
 def test_still_healthy_after_the_bad_requests(client: openai.OpenAI, reference):
     r = client.completions.create(model=MODEL_ID, prompt=PROMPTS[0], max_tokens=8, temperature=0)
     assert r.choices[0].text == reference(PROMPTS[0], 8)
+
+
+# --- limits before work: refused in the ingress, never failing or stalling the others --------------
+
+ROOT_PATHS = ("/openapi.json", "/docs", "/redoc")
+
+
+def root_of(server: str) -> str:
+    return server.removesuffix("/v1")
+
+
+def refusal(resp: httpx.Response, status: int, param: str | None = None) -> str:
+    """The OpenAI error of a refused request: its status, shape and the field it names; its message."""
+    assert_openai_error(resp, status)
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param, error
+    return error["message"]
+
+
+@pytest.mark.parametrize("path", ROOT_PATHS)
+def test_the_api_schema_and_docs_need_the_key(server: str, path: str):
+    url = root_of(server) + path
+    assert_openai_error(httpx.get(url, timeout=60), 401)
+    assert_openai_error(httpx.get(url, headers={"Authorization": "Bearer wrong"}, timeout=60), 401)
+    assert httpx.get(url, headers=AUTH, timeout=60).status_code == 200
+
+
+def test_models_show_the_model_id_and_no_filesystem_path(server: str, tiny_model: Path):
+    listed = httpx.get(f"{server}/models", headers=AUTH, timeout=60)
+    one = httpx.get(f"{server}/models/{MODEL_ID}", headers=AUTH, timeout=60)
+    assert [m["id"] for m in listed.json()["data"]] == [MODEL_ID] and one.json()["id"] == MODEL_ID
+    for text in (listed.text, one.text):
+        assert str(tiny_model) not in text and tiny_model.name not in text and "/tmp" not in text
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("seed", 2**70),
+        ("seed", -(2**64)),
+        ("seed", "7"),
+        ("max_tokens", 0),
+        ("max_tokens", CONTEXT + 1),
+        ("temperature", 2.5),
+        ("temperature", "hot"),
+        ("top_p", 0),
+        ("top_p", 1.01),
+        ("n", 0),
+        ("n", 17),
+        ("stop", ["a", "b", "c", "d", "e"]),
+        ("stop", [1, 2]),
+    ],
+)
+def test_every_sampling_field_is_range_checked_and_named(server: str, field: str, value):
+    body = {"model": MODEL_ID, "prompt": "hi", "max_tokens": 4, "temperature": 1.0, field: value}
+    resp = httpx.post(f"{server}/completions", json=body, headers=AUTH, timeout=60)
+    assert field in refusal(resp, 400, field)
+    chat = {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, field: value}
+    resp = httpx.post(f"{server}/chat/completions", json=chat, headers=AUTH, timeout=60)
+    assert field in refusal(resp, 400, field)
+
+
+def test_an_out_of_range_seed_fails_alone_among_requests_batched_with_it(server: str):
+    def one(seed: int) -> httpx.Response:
+        body = {"model": MODEL_ID, "prompt": PROMPTS[seed % 3], "max_tokens": 8, "temperature": 1.0}
+        return httpx.post(f"{server}/completions", json={**body, "seed": seed}, headers=AUTH, timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+        answers = list(pool.map(one, [*range(4), 2**70, *range(4, 8)]))
+    assert "seed" in refusal(answers[4], 400, "seed")
+    assert [r.status_code for r in answers[:4] + answers[5:]] == [200] * 8
+
+
+def test_prompts_times_n_is_limited_per_request(server: str):
+    body = {"model": MODEL_ID, "max_tokens": 2, "temperature": 1.0}
+    resp = httpx.post(
+        f"{server}/completions", json={**body, "prompt": ["hi"] * 128, "n": 16}, headers=AUTH, timeout=120
+    )
+    assert "2048 completions" in refusal(resp, 400, "n")
+    resp = httpx.post(f"{server}/completions", json={**body, "prompt": ["hi"] * 4, "n": 5}, headers=AUTH)
+    assert "serve.limits.max_choices" in refusal(resp, 400, "n")
+    ok = httpx.post(
+        f"{server}/completions", json={**body, "prompt": ["hi"] * 4, "n": 4}, headers=AUTH, timeout=120
+    )
+    assert ok.status_code == 200 and len(ok.json()["choices"]) == 16
+
+
+def test_a_prompt_over_the_length_limit_is_refused_before_the_engine(server: str):
+    too_long = "x" * (32 * CONTEXT + 1)  # serve.limits.max_prompt_chars: 32 per token of the context
+    body = {"model": MODEL_ID, "prompt": too_long, "max_tokens": 2}
+    message = refusal(httpx.post(f"{server}/completions", json=body, headers=AUTH, timeout=60), 400, "prompt")
+    assert "serve.limits.max_prompt_chars" in message
+    halves = [{"role": "user", "content": too_long[: len(too_long) // 2 + 1]}] * 2  # together over it
+    chat = {"model": MODEL_ID, "messages": halves, "max_tokens": 2}
+    resp = httpx.post(f"{server}/chat/completions", json=chat, headers=AUTH, timeout=60)
+    assert "serve.limits.max_prompt_chars" in refusal(resp, 400, "messages")
+
+
+def test_deeply_nested_json_is_an_openai_400(server: str):
+    headers = {**AUTH, "Content-Type": "application/json"}
+    for depth in (100_000, 40):
+        raw = b'{"model": "tiny", "prompt": ' + b"[" * depth + b"]" * depth + b"}"
+        resp = httpx.post(f"{server}/completions", content=raw, headers=headers, timeout=60)
+        assert "nests more than 32 levels" in refusal(resp, 400), depth
+    resp = httpx.post(f"{server}/completions", content=b'{"model": "tiny", "prompt": ', headers=headers)
+    assert "not valid JSON" in refusal(resp, 400)
+
+
+def test_a_20_mb_body_is_refused_at_once_and_others_are_served(server: str, client: openai.OpenAI):
+    huge = {"model": MODEL_ID, "prompt": "Natalia sold clips to 48 of her friends. " * 500_000}
+    started = time.monotonic()
+    resp = httpx.post(f"{server}/completions", json=huge, headers=AUTH, timeout=120)
+    assert "serve.limits.max_request_bytes" in refusal(resp, 413)
+    assert time.monotonic() - started < 10
+    r = client.completions.create(model=MODEL_ID, prompt=PROMPTS[0], max_tokens=4, temperature=0)
+    assert r.choices[0].finish_reason == "length"
+
+
+def test_16_small_requests_are_served_while_a_maximal_request_is_served(server: str, reference):
+    """The biggest request the limits allow (a prompt and completions filling the context, as many
+    completions as one request may ask) is kept in flight, one after another, while 16 small requests
+    run side by side: all are answered while it runs. How much slower they are is a number for the
+    benchmark (``jobs/bench_serve.py`` prints the ratio), not a timed test."""
+    tok = reference.tokenizer
+    prompt = tok.decode(tok(" ".join(PROMPTS * 8))["input_ids"][: CONTEXT // 2])
+    room = CONTEXT - len(tok(prompt)["input_ids"]) - 1
+    maximal = {
+        "model": MODEL_ID, "prompt": prompt, "n": 16, "max_tokens": room, "temperature": 1.0, "ignore_eos": True,
+    }  # fmt: skip
+
+    def small(i: int) -> float:
+        body = {"model": MODEL_ID, "prompt": f"{PROMPTS[i % 3]} {i}", "max_tokens": 8, "temperature": 0}
+        started = time.monotonic()
+        resp = httpx.post(f"{server}/completions", json=body, headers=AUTH, timeout=120)
+        assert resp.status_code == 200, resp.text
+        return time.monotonic() - started
+
+    def sixteen() -> list[float]:
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            return list(pool.map(small, range(16)))
+
+    spans: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def keep_maximal_in_flight() -> None:
+        while not done.is_set():
+            began = time.monotonic()
+            resp = httpx.post(f"{server}/completions", json=maximal, headers=AUTH, timeout=300)
+            assert resp.status_code == 200, resp.text
+            choices = resp.json()["choices"]
+            assert len(choices) == 16 and {c["finish_reason"] for c in choices} == {"length"}
+            spans.append((began, time.monotonic()))
+
+    sixteen()  # warm
+    unloaded = statistics.median(max(sixteen()) for _ in range(3))  # on a CPU shared with others
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        big = pool.submit(keep_maximal_in_flight)
+        time.sleep(0.5)  # the first maximal request is past its prefill
+        loaded_start = time.monotonic()
+        loaded = sixteen()
+        loaded_end = time.monotonic()
+        done.set()
+        big.result()
+    print(
+        f"\nunloaded: slowest of 16 small requests {unloaded:.2f} s (median of 3 rounds); beside maximal requests "
+        f"({len(spans)}, {[round(b - a, 2) for a, b in spans]} s each): {[round(t, 2) for t in sorted(loaded)]} s"
+    )
+    assert spans[0][0] < loaded_start and spans[-1][1] > loaded_end  # a maximal request ran throughout
+    assert len(loaded) == 16  # every small request answered (200) while it ran
+
+
+def test_a_taken_port_is_one_line_and_exit_2(tiny_model: Path, tmp_path: Path):
+    """``raystep serve`` on a port another server holds: one clear line, exit 2, nothing started."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "raystep.cli", "serve", "--model", str(tiny_model), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"raystep serve: cannot listen on 127.0.0.1:{port}: Address already in use (another server holds "
+        "the port?): choose a free one with --port or serve.port"
+    ]
 
 
 # --- the `endpoint` engine: the data stages sampling from this served policy ------------------------

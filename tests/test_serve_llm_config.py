@@ -17,6 +17,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from raystep.cli import main as cli_main
 from raystep.config import RunConfig
+from raystep.serve.limits import request_limits
 from raystep.serve.llm import (
     AUTH_INGRESS,
     IMPORT_PATH,
@@ -129,7 +130,11 @@ def test_public_bind_gets_a_key_checking_ingress_without_the_key(monkeypatch: py
     args = yaml.safe_load(text)["applications"][0]["args"]
     assert args["ingress_cls_config"] == {
         "ingress_cls": AUTH_INGRESS,
-        "ingress_extra_kwargs": {"api_key_env": "RAYSTEP_API_KEY", "require_key": True},
+        "ingress_extra_kwargs": {
+            "api_key_env": "RAYSTEP_API_KEY",
+            "require_key": True,
+            "limits": request_limits(public).as_dict(),
+        },
     }
     module, _, name = AUTH_INGRESS.partition(":")
     assert name == "BearerAuthIngress"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import RAY_INIT_KWARGS
+from conftest import start_local_ray
 
 
 def test_serve_calls_work_after_ray_restarts_in_the_same_process():
@@ -12,7 +12,7 @@ def test_serve_calls_work_after_ray_restarts_in_the_same_process():
     from raystep.serve.run import shutdown
 
     ray.shutdown()
-    ray.init(**RAY_INIT_KWARGS)
+    start_local_ray()
 
     @serve.deployment(ray_actor_options={"num_cpus": 0})
     def hello() -> str:
@@ -21,7 +21,7 @@ def test_serve_calls_work_after_ray_restarts_in_the_same_process():
     serve.run(hello.bind(), name="probe", route_prefix=None)  # Serve caches its controller's handle
     first_job = ray.get_runtime_context().get_job_id()
     ray.shutdown()
-    ray.init(**RAY_INIT_KWARGS)
+    start_local_ray()
     try:
         # The new cluster's first driver has the old one's job id, so Serve still trusts the dead handle.
         assert ray.get_runtime_context().get_job_id() == first_job

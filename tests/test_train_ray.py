@@ -61,10 +61,10 @@ def faulty_run(tmp_path_factory, tiny_model: Path, pair_file: Path):
     import os
 
     import ray
-    from conftest import RAY_INIT_KWARGS
+    from conftest import start_local_ray
 
     if not ray.is_initialized():  # the same local Ray the ``ray_local`` fixture starts
-        ray.init(**RAY_INIT_KWARGS)
+        start_local_ray()
     from raystep.train import run as train_run
 
     tmp = tmp_path_factory.mktemp("faulty")

@@ -52,7 +52,8 @@ def evaluate(config: RunConfig, out_dir: str | os.PathLike[str], progress: bool 
     summaries: dict[str, Any] = {}
     with Grader(workers=GRADER_WORKERS, timeout_s=GRADER_TIMEOUT_S) as grader:
         for bench in cfg.benchmarks:
-            problems = load_benchmark(bench, data_dir=data_dir, limit=cfg.limit)
+            # a folder named in eval.data_dir must hold the file: no silent wait on the hub
+            problems = load_benchmark(bench, data_dir=data_dir, limit=cfg.limit, hub=not cfg.data_dir)
             summaries[bench] = evaluate_benchmark(
                 cfg, bench, out / bench, problems, grader, progress=progress
             )

@@ -18,6 +18,7 @@ import yaml
 
 from raystep.config import ModelConfig, RunConfig
 from raystep.engine_args import Device, engine_env, placement_bundles, resolve_device, vllm_engine_kwargs
+from raystep.serve.limits import request_limits
 
 IMPORT_PATH = "ray.serve.llm:build_openai_app"
 AUTH_INGRESS = "raystep.serve.llm_ingress:BearerAuthIngress"
@@ -91,11 +92,13 @@ def judge_run_config(config: RunConfig) -> RunConfig:
 
 
 def app_args(config: RunConfig, device: Device | None = None) -> dict[str, Any]:
-    """The ``args`` of ``build_openai_app``, with raystep's ingress (OpenAI-shaped errors, the Bearer key).
+    """The ``args`` of ``build_openai_app``, with raystep's ingress (OpenAI-shaped errors, the Bearer key,
+    the request limits of ``serve.limits``).
 
     Off loopback the key is required; on loopback a key set on the node is enforced and none means open.
     The ingress reads the key itself from the environment variable named here, on the node, so the
-    secret never appears in the Serve config (nor in a RayService manifest).
+    secret never appears in the Serve config (nor in a RayService manifest). The limits travel resolved
+    (the prompt limit filled in from the engine's context), so the config shows what is enforced.
     """
     serve = config.serve
     return {
@@ -105,6 +108,7 @@ def app_args(config: RunConfig, device: Device | None = None) -> dict[str, Any]:
             "ingress_extra_kwargs": {
                 "api_key_env": serve.api_key_env,
                 "require_key": not is_loopback(serve.host),
+                "limits": request_limits(config).as_dict(),
             },
         },
     }

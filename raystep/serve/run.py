@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -78,6 +79,7 @@ def start(config: RunConfig) -> str:
     check_model(config)
     if not vllm_available():
         raise ServeStartError(f"serving needs vLLM, which is not installed: {VLLM_HINT}")
+    check_port(config)  # before starting Ray: a taken port fails in a second, not after the engine is up
     # serve.start alone would start Ray with the machine's cores as CPUs: on 2 cores the engine's
     # placement group takes both and the ingress replica never schedules
     ensure_ray()
@@ -85,11 +87,50 @@ def start(config: RunConfig) -> str:
     quiet = {"log_level": "WARNING"}  # Serve's INFO lines belong in its log files, not on the terminal
     _forget_stale_serve()
     _release_idle_serve(config)
+    check_port(config)
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port}, logging_config=quiet)
     _check_bound(config)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # serve.start configured it for INFO
     serve.run(app, name=APP_NAME, route_prefix=config.serve.route_prefix, logging_config=quiet)
     return base_url(config)
+
+
+def check_port(config: RunConfig) -> None:
+    """Refuse a host and port this machine cannot listen on (another server holds it), in one line.
+
+    Serve's proxy binds with ``SO_REUSEPORT``, so next to another Serve of the same user it would share
+    the port (each request going to either app at random), and next to any other server it fails
+    inside an actor with a long traceback. Checked only where the proxy will run, here (no
+    ``$RAY_ADDRESS``), and not when this process's Serve already listens there.
+    """
+    serve = config.serve
+    if os.environ.get("RAY_ADDRESS") or _serve_listens_at(config):
+        return
+    family = socket.AF_INET6 if ":" in serve.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT is fine
+        try:
+            probe.bind((serve.host, serve.port))
+        except OSError as exc:
+            raise ServeStartError(
+                f"cannot listen on {serve.host}:{serve.port}: {exc.strerror or exc} (another server holds "
+                "the port?): choose a free one with --port or serve.port"
+            ) from None
+
+
+def _serve_listens_at(config: RunConfig) -> bool:
+    """Whether a Serve this process is connected to already listens at ``serve.host:serve.port``."""
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    from ray.serve.context import _get_global_client
+
+    try:
+        http = _get_global_client(raise_if_no_controller_running=True).http_config
+    except Exception:  # no Serve on this cluster
+        return False
+    return (http.host, http.port) == (config.serve.host, config.serve.port)
 
 
 def _check_bound(config: RunConfig) -> None:

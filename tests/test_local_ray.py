@@ -1,0 +1,53 @@
+"""A local Ray started by raystep listens on 127.0.0.1 only: checked on the sockets of its process tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow  # starts a Ray of its own in a subprocess (about 10 s)
+
+PROBE = """
+import json, os
+import psutil
+import ray
+from ray._private import ray_constants
+from raystep.local_ray import SINGLE_HOST_ENV, ensure_ray
+
+ensure_ray(min_cpus=2)
+
+@ray.remote
+def pid():
+    return os.getpid()
+
+ray.get([pid.remote() for _ in range(2)])  # workers are up and listening too
+me = psutil.Process()
+listening = sorted(
+    {(c.laddr.ip, p.name()) for p in [me, *me.children(recursive=True)] for c in p.net_connections("tcp")
+     if c.status == psutil.CONN_LISTEN}
+)
+node_ip = ray._private.worker.global_worker.node.node_ip_address
+restored = (os.environ.get(SINGLE_HOST_ENV), ray_constants.ENABLE_RAY_CLUSTER)
+ray.shutdown()
+print(json.dumps({"listening": listening, "node_ip": node_ip, "restored": restored}))
+"""
+
+
+def test_a_local_ray_binds_its_services_to_loopback_only(tmp_path):
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["node_ip"] == "127.0.0.1"
+    names = {name for _, name in seen["listening"]}
+    assert {"gcs_server", "raylet"} <= names, seen["listening"]
+    assert [a for a in seen["listening"] if a[0] not in ("127.0.0.1", "::ffff:127.0.0.1")] == []
+    assert seen["restored"] == [None, True]  # a later connection to a real cluster is unaffected
