@@ -48,6 +48,12 @@ def loopback_only() -> Iterator[dict[str, str]]:
             os.environ[SINGLE_HOST_ENV] = before_env
 
 
+def is_loopback_address(address: str) -> bool:
+    """Whether a Ray address (``host:port``, ``ray://host:port``) names this machine's loopback."""
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host in (LOOPBACK, "localhost", "::1")
+
+
 def ensure_ray(min_cpus: int = 8) -> None:
     """Connect or start once per process; a no-op when Ray is already up."""
     import ray
@@ -57,7 +63,11 @@ def ensure_ray(min_cpus: int = 8) -> None:
     if ray.is_initialized():
         return
     common = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dashboard": False}
-    if os.environ.get("RAY_ADDRESS"):
+    address = os.environ.get("RAY_ADDRESS")
+    if address and is_loopback_address(address):
+        with loopback_only() as local:  # a loopback-only Ray: this driver must be on 127.0.0.1 too
+            ray.init(**common, **local)
+    elif address:
         ray.init(**common)
     else:
         with loopback_only() as local:

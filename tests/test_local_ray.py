@@ -51,3 +51,13 @@ def test_a_local_ray_binds_its_services_to_loopback_only(tmp_path):
     assert {"gcs_server", "raylet"} <= names, seen["listening"]
     assert [a for a in seen["listening"] if a[0] not in ("127.0.0.1", "::ffff:127.0.0.1")] == []
     assert seen["restored"] == [None, True]  # a later connection to a real cluster is unaffected
+
+
+def test_a_driver_joining_a_loopback_ray_joins_on_loopback():
+    """A Ray whose services listen on 127.0.0.1 only is joined through ``$RAY_ADDRESS`` on 127.0.0.1
+    too (a driver on the machine's routable address would wait for a raylet there forever)."""
+    from raystep.local_ray import is_loopback_address
+
+    assert is_loopback_address("127.0.0.1:6379") and is_loopback_address("ray://localhost:10001")
+    assert is_loopback_address("[::1]:6379")
+    assert not is_loopback_address("10.0.0.5:6379") and not is_loopback_address("auto")
