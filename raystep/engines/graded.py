@@ -91,6 +91,9 @@ def graded_dataset(
     from ray.data import ActorPoolStrategy
 
     s = config.sampling
+    # blocks of one engine batch, streamed: a stage's fan-out turns one input block into thousands of
+    # requests, and one block would go to one engine replica while the others wait
+    ds = ds.repartition(target_num_rows_per_block=s.batch_size, strict=True)
     ds = build_generator(config)(ds)
     ds = ds.map(compose)
     ds = ds.map_batches(
