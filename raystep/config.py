@@ -264,7 +264,8 @@ class SamplingConfig(Section):
     concurrency: int = Field(default=1, ge=1)
     """Engine replicas (Ray Data actors)."""
     shard_size: int = Field(default=256, ge=1)
-    """Problems per output shard: the unit of resume."""
+    """Rows per output shard, in every data stage (a shard is what a worker commits at once; a row is
+    the unit of resume)."""
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
     """The served policy ``sampling.engine: endpoint`` sends its requests to."""
 

@@ -18,7 +18,7 @@ from raystep.datasets import load_problems
 from raystep.errors import BAD_INPUT, ROWS_FAILED, InputError
 from raystep.records import Rejects, RowError, read_parquet, read_rows
 from raystep.runs import RunDir
-from raystep.stages.shards import ShardSet, UnitBuffer, failure_stats
+from raystep.stages.shards import ShardSet, failure_stats
 
 GOOD_GSM8K = {"question": "Tom has 3 apples and buys 2. How many?", "answer": "3 + 2 = 5\n#### 5"}
 GOOD_PAIR = {
@@ -38,11 +38,8 @@ def _rows(unit: str, error: str | None) -> list[dict[str, Any]]:
 
 def test_failed_units_are_reopened_on_a_rerun_and_the_done_ones_stay(tmp_path):
     shards = ShardSet(tmp_path / "stage")
-    buffer = UnitBuffer(shards, {"a": 2, "b": 2, "c": 2}, key="sample_id", units_per_shard=2)
-    for unit, error in (("a", None), ("b", "HTTP 503"), ("c", None)):
-        for row in _rows(unit, error):
-            buffer.add(row)
-    buffer.close()
+    shards.write(_rows("a", None) + _rows("b", "HTTP 503"), ["a", "b"], failed={"b": 1})
+    shards.write(_rows("c", None), ["c"])
     assert shards.failed_units() == {"b": 1} and shards.done_units() == {"a", "b", "c"}
     assert failure_stats(shards, 2) == {"failed_units": 1, "failed_units_final": 0, "max_attempts": 2}
     untouched = shards.files()[1].read_bytes()  # the shard of c alone
@@ -54,10 +51,7 @@ def test_failed_units_are_reopened_on_a_rerun_and_the_done_ones_stay(tmp_path):
     assert shards.files()[1].read_bytes() == untouched
 
     # b fails again: attempt 2 of 2, after which it stays failed and is not reopened any more
-    again = UnitBuffer(shards, {"b": 2}, key="sample_id", units_per_shard=2, attempts=attempts)
-    for row in _rows("b", "HTTP 503"):
-        again.add(row)
-    again.close()
+    shards.write(_rows("b", "HTTP 503"), ["b"], failed={"b": attempts["b"] + 1})
     assert shards.failed_units() == {"b": 2}
     assert shards.reopen_failed("sample_id", max_attempts=2) == {}
     assert failure_stats(shards, 2)["failed_units_final"] == 1

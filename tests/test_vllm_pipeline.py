@@ -120,9 +120,10 @@ def test_a_killed_collect_on_vllm_resumes_to_the_same_rows(
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     killed_dir = Path(killed.run_dir) / "samples"
-    assert len(read_parquet(killed_dir, kind="sample")) == 8  # whole problems only: 2 x 4 samples
+    partial = len(read_parquet(killed_dir, kind="sample"))
+    assert 0 < partial < len(samples)  # killed once its first shard was on disk
     resumed = collect.run(killed)
-    assert resumed["problems_resumed"] == 2 and resumed["problems_todo"] == 4
+    assert resumed["samples_resumed"] == partial and resumed["samples_todo"] == len(samples) - partial
     final = read_parquet(killed_dir, kind="sample")
     assert ids(final) == ids(samples)
     assert sorted(r["seed"] for r in final) == sorted(r["seed"] for r in samples)

@@ -1,18 +1,21 @@
 """Generate, then grade, on Ray Data: the streaming core shared by collect and rectify.
 
-Rows flow ``from_items -> engine (actor pool) -> compose (a stage's row function that builds the
-text to grade) -> GradeUDF (an actor that owns a ``raystep.grading.Grader``)`` and come back to the
-driver block by block as they finish, so a stage can commit complete units while the rest still runs.
+Rows flow ``reader -> engine (actor pool) -> compose (a stage's row function that builds the text to
+grade) -> GradeUDF (an actor that owns a ``raystep.grading.Grader``) -> fold_errors`` and on to the
+stage's shard writer on the workers; they never come back to the driver.
 """
 
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from raystep.config import RunConfig
 from raystep.engines import build_generator
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
 
 GRADE_COLUMNS: tuple[str, ...] = ("pred", "correct", "grade_status", "grade_method", "grade_error")
 
@@ -76,23 +79,21 @@ def fold_errors(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def generate_and_grade(
-    config: RunConfig,
-    rows: list[dict[str, Any]],
-    compose: Callable[[dict[str, Any]], dict[str, Any]],
-) -> Iterator[dict[str, Any]]:
-    """Yield every input row, generated, composed and graded, as soon as its block is done.
+def graded_dataset(
+    config: RunConfig, ds: Dataset, compose: Callable[[dict[str, Any]], dict[str, Any]]
+) -> Dataset:
+    """``ds`` generated, composed and graded, with errors folded into ``error`` (lazy: the stage's
+    writer consumes it on the workers).
 
-    ``rows`` follow the engine contract (``prompt``, ``sampling``) and carry ``answer`` (the gold);
+    Rows follow the engine contract (``prompt``, ``sampling``) and carry ``answer`` (the gold);
     ``compose(row)`` runs after generation and must set ``response`` (the text to grade).
     """
-    import ray.data
     from ray.data import ActorPoolStrategy
 
-    if not rows:
-        return
     s = config.sampling
-    ds = ray.data.from_items(rows)
+    # blocks of one engine batch, streamed: a stage's fan-out turns one input block into thousands of
+    # requests, and one block would go to one engine replica while the others wait
+    ds = ds.repartition(target_num_rows_per_block=s.batch_size, strict=True)
     ds = build_generator(config)(ds)
     ds = ds.map(compose)
     ds = ds.map_batches(
@@ -102,5 +103,4 @@ def generate_and_grade(
         compute=ActorPoolStrategy(size=1),
         num_cpus=1,
     )
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        yield from batch.to_pylist()
+    return ds.map(fold_errors)

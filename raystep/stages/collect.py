@@ -1,22 +1,27 @@
 """``raystep collect``: problems -> N step-formatted samples each -> split into steps -> graded.
 
 Writes ``problems/`` (the problem rows, once: a rerun reads them back so the unit set never changes)
-and ``samples/part-NNNNN.parquet`` (every sample with its verdict, ``records.SAMPLE_FIELDS`` plus
-``finish_reason``, ``grade_method``, ``sampling``). The unit of resume is a problem: a shard holds
-all N samples of each problem it lists, so a rerun skips the problems already written. Per-problem
-accuracy, counts and timings go into the run manifest; the wrong samples are the candidates for
-localization.
+and ``samples/part-*.parquet`` (every sample with its verdict, ``records.SAMPLE_FIELDS`` plus
+``finish_reason``, ``grade_method``, ``sampling``), written by the Ray Data workers
+(``raystep.stages.stream``). The unit of resume is a sample (``sample_id``): a rerun skips the samples
+already written. Counts and timings go into the run manifest, per-problem accuracy into
+``collect/per_problem_accuracy.json``; the wrong samples are the candidates for localization.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from raystep import steps
@@ -24,17 +29,27 @@ from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
 from raystep.engines import prompt_tokenizer, sampling_defaults
 from raystep.engines.base import fan_out, normalize_sampling
-from raystep.engines.graded import fold_errors, generate_and_grade
+from raystep.engines.graded import graded_dataset
 from raystep.errors import ROWS_FAILED, EmptyInputError
+from raystep.local_ray import ensure_ray
 from raystep.records import PROBLEM_FIELDS, SAMPLE_FIELDS, Rejects
 from raystep.runs import RunDir, report_failures, timed_stage
-from raystep.stages.shards import ShardSet, UnitBuffer, failure_stats, require_unique
+from raystep.stages.shards import ShardSet, failure_stats, require_unique
+from raystep.stages.stream import done_keys, drop_done, read_stage, scan, write_shards
 
 PROBLEM_KEYS: tuple[str, ...] = tuple(PROBLEM_FIELDS)
 
 
 def load_run_problems(config: RunConfig, run: RunDir) -> list[dict[str, Any]]:
-    """The run's problems: read back from ``problems/`` when written, else loaded and written there."""
+    """The run's problems as rows (for tools and tests; the stage itself streams them)."""
+    ensure_problems(config, run)
+    return ShardSet(run.stage("problems"), kind="problem", clean=False).rows()
+
+
+def ensure_problems(config: RunConfig, run: RunDir) -> int:
+    """How many problems the run has: those in ``problems/`` when written, else loaded from the
+    configured source and written there, in shards of ``sampling.shard_size`` (so a rerun works on the
+    same units, and the stage's readers stream them)."""
     shards = ShardSet(run.stage("problems"), schema=PROBLEM_FIELDS, kind="problem")
     wanted = config.data.model_dump(mode="json")
     if shards.files() and not shards.done_units():  # an empty set recorded by an older raystep
@@ -48,7 +63,7 @@ def load_run_problems(config: RunConfig, run: RunDir) -> list[dict[str, Any]]:
                 f"(the units of this run), not data={wanted}. Use a new run name for other problems.",
                 file=sys.stderr,
             )
-        return shards.rows()
+        return sum(pq.read_metadata(f).num_rows for f in shards.files())
     from raystep.datasets import load_problems
 
     rejects = Rejects(run.stage("problems") / "rejects.jsonl") if config.data.rejects else None
@@ -62,11 +77,14 @@ def load_run_problems(config: RunConfig, run: RunDir) -> list[dict[str, Any]]:
         )
         raise EmptyInputError(f"{where}: no problems to collect{rejected}")
     require_unique(problems, "id", "problem ids must be unique (they are the unit of resume)")
-    shards.write(problems, [p["id"] for p in problems])
+    size = config.sampling.shard_size
+    for i in range(0, len(problems), size):
+        chunk = problems[i : i + size]
+        shards.write(chunk, [p["id"] for p in chunk], inject=False)
     run.update_manifest("problems", data=wanted, problems=len(problems))
     if rejects is not None and rejects.count:
         run.update_manifest("problems", rejects=rejects.count, reject_reasons=rejects.reasons)
-    return problems
+    return len(problems)
 
 
 def sample_requests(
@@ -78,8 +96,25 @@ def sample_requests(
     for problem in problems:
         prompt = steps.build_prompt(config.model.template, problem["question"], steps.STEP_PRIMER, tokenizer)
         row = {k: problem.get(k) for k in PROBLEM_KEYS} | {"prompt": prompt}
-        rows.extend(fan_out(row, config.sampling.n, base))
+        for sample in fan_out(row, config.sampling.n, base):
+            rows.append({**sample, "sample_id": sample_id(sample)})
     return rows
+
+
+def sample_id(row: dict[str, Any]) -> str:
+    return f"{row['id']}-s{row['sample_index']}"
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _requests(batch: pa.Table, config_json: str) -> pa.Table:
+    """Ray Data: a batch of problems -> their sample requests (on the workers)."""
+    config = RunConfig.model_validate_json(config_json)
+    if config_json not in _TOKENIZERS:
+        _TOKENIZERS.clear()
+        _TOKENIZERS[config_json] = prompt_tokenizer(config)
+    return pa.Table.from_pylist(sample_requests(config, batch.to_pylist(), _TOKENIZERS[config_json]))
 
 
 def to_sample(row: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +122,7 @@ def to_sample(row: dict[str, Any]) -> dict[str, Any]:
     response = steps.STEP_PRIMER + row["generated_text"]
     return {
         **{k: row.get(k) for k in PROBLEM_KEYS},
-        "sample_id": f"{row['id']}-s{row['sample_index']}",
+        "sample_id": sample_id(row),
         "sample_index": int(row["sample_index"]),
         "seed": int(row["seed"]),
         "prompt": row["prompt"],
@@ -100,22 +135,34 @@ def to_sample(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts and per-problem accuracy of the samples (what the manifest records)."""
-    per_problem: dict[str, list[bool]] = {}
+def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and per-problem accuracy of the samples (one pass, any iterable)."""
+    per_problem: dict[str, list[int]] = {}
+    c: Counter[str] = Counter()
+    grade_status: Counter[str] = Counter()
+    finish: Counter[str] = Counter()
     for r in rows:
-        per_problem.setdefault(r["id"], []).append(bool(r["correct"]))
-    accuracy = {pid: round(sum(v) / len(v), 4) for pid, v in sorted(per_problem.items())}
+        ok = bool(r["correct"])
+        counts = per_problem.setdefault(r["id"], [0, 0])
+        counts[0] += ok
+        counts[1] += 1
+        c["samples"] += 1
+        c["correct"] += ok
+        c["errors"] += bool(r.get("error"))
+        c["generated_tokens"] += int(r.get("num_tokens") or 0)
+        grade_status[r["grade_status"]] += 1
+        finish[r.get("finish_reason") or "unknown"] += 1
+    accuracy = {pid: round(k / n, 4) for pid, (k, n) in sorted(per_problem.items())}
     values = list(accuracy.values())
     return {
         "problems": len(per_problem),
-        "samples": len(rows),
-        "correct": sum(bool(r["correct"]) for r in rows),
-        "wrong": sum(not r["correct"] for r in rows),
-        "errors": sum(bool(r.get("error")) for r in rows),
-        "grade_status": dict(Counter(r["grade_status"] for r in rows)),
-        "finish_reason": dict(Counter(r.get("finish_reason") or "unknown" for r in rows)),
-        "generated_tokens": sum(int(r.get("num_tokens") or 0) for r in rows),
+        "samples": c["samples"],
+        "correct": c["correct"],
+        "wrong": c["samples"] - c["correct"],
+        "errors": c["errors"],
+        "grade_status": dict(grade_status),
+        "finish_reason": dict(finish),
+        "generated_tokens": c["generated_tokens"],
         "accuracy": round(sum(values) / len(values), 4) if values else 0.0,
         "problems_all_correct": sum(v == 1.0 for v in values),
         "problems_all_wrong": sum(v == 0.0 for v in values),
@@ -124,46 +171,63 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def summarize_to(folder: str) -> Callable[[Iterable[dict[str, Any]]], dict[str, Any]]:
+    """``summarize``, with the per-problem accuracy written to ``<folder>/per_problem_accuracy.json``
+    instead of returned (it grows with the problems; the manifest gets the counts)."""
+    return functools.partial(_summarize_to, folder)
+
+
+def _summarize_to(folder: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    stats = summarize(rows)
+    path = Path(folder) / "per_problem_accuracy.json"
+    path.write_text(json.dumps(stats.pop("per_problem_accuracy")) + "\n")
+    return {**stats, "per_problem_accuracy_file": str(path)}
+
+
+SUMMARY_COLUMNS: list[str] = ["id", "correct", "error", "num_tokens", "grade_status", "finish_reason"]
+
+
 def run(config: RunConfig) -> dict[str, Any]:
-    """Collect samples for every problem not yet written; returns (and records) the stage stats."""
+    """Collect samples for every problem not yet written; returns (and records) the stage stats.
+
+    Streams: problems are read from ``problems/`` by Ray Data, fanned out, generated, graded and
+    written as shards by the workers; a sample is the unit of resume."""
     run_dir = RunDir.from_config(config)
     run_dir.record_config(config)
+    ensure_ray()
     with timed_stage(run_dir, "collect") as stats:
-        problems = load_run_problems(config, run_dir)
+        n_problems = ensure_problems(config, run_dir)
         shards = ShardSet(run_dir.stage("samples"), schema=SAMPLE_FIELDS, kind="sample")
-        attempts = shards.reopen_failed("id", config.max_attempts)
-        done = shards.done_units()
-        todo = [p for p in problems if p["id"] not in done]
+        attempts = shards.reopen_failed("sample_id", config.max_attempts)
+        done, n_done = done_keys(shards)
+        n = config.sampling.n
+        todo = n_problems * n - n_done
         stats.update(
-            problems_resumed=len(problems) - len(todo), problems_todo=len(todo), retried=len(attempts)
+            problems_resumed=n_problems - -(-todo // n),
+            problems_todo=-(-todo // n),
+            samples_resumed=n_done,
+            samples_todo=todo,
+            retried=len(attempts),
         )
         start = time.time()
-        if todo:
-            n = config.sampling.n
-            bar = tqdm(total=len(todo), desc="collect: problems", unit="problem", dynamic_ncols=True)
-            buffer = UnitBuffer(
-                shards,
-                expected={p["id"]: n for p in todo},
-                key="id",
-                units_per_shard=config.sampling.shard_size,
-                finalize=lambda _unit, rows: sorted(
-                    (fold_errors(r) for r in rows), key=lambda r: r["sample_index"]
-                ),
-                on_unit=lambda _unit, _rows: bar.update(1),
-                attempts=attempts,
+        if todo > 0:
+            problems = ShardSet(run_dir.stage("problems"), kind="problem", clean=False)
+            ds = read_stage(problems, kind="problem", key="id").map_batches(
+                _requests, fn_kwargs={"config_json": config.model_dump_json()}, batch_format="pyarrow"
             )
-            requests = sample_requests(config, todo, prompt_tokenizer(config))
-            for row in generate_and_grade(config, requests, to_sample):
-                buffer.add(row)
-            buffer.close()
+            ds = graded_dataset(config, drop_done(ds, "sample_id", done), to_sample)
+            bar = tqdm(total=todo, desc="collect: samples", unit="sample", dynamic_ncols=True)
+            written = list(
+                write_shards(ds, shards, "sample_id", config.sampling.shard_size, attempts=attempts)
+            )
+            for shard in written:
+                bar.update(shard["rows"])
             bar.close()
-            stats["shards_written"] = len(buffer.shards_written)
+            stats["shards_written"] = len(written)
         elapsed = time.time() - start
-        rows = shards.rows()
-        stats.update(summarize(rows))
-        new_samples = len(todo) * config.sampling.n
+        stats.update(scan(shards, SUMMARY_COLUMNS, summarize_to(str(run_dir.stage("collect")))))
         stats["generate_seconds"] = round(elapsed, 3)
-        stats["samples_per_s"] = round(new_samples / elapsed, 3) if todo and elapsed > 0 else None
+        stats["samples_per_s"] = round(todo / elapsed, 3) if todo > 0 and elapsed > 0 else None
         stats["shards"] = len(shards.files())
         stats.update(failure_stats(shards, config.max_attempts))
     return stats
@@ -175,6 +239,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     stats = run(config_from_args(args))
-    brief = {k: v for k, v in stats.items() if k != "per_problem_accuracy"}
-    print(json.dumps(brief, indent=2))
+    print(json.dumps(stats, indent=2))
     return ROWS_FAILED if report_failures("collect", stats, "problems") else 0

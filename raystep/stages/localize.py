@@ -16,17 +16,26 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from raystep.config import RunConfig
 from raystep.engine_args import engine_env, resolve_device
 from raystep.errors import ROWS_FAILED
-from raystep.records import LOCALIZED_FIELDS, read_parquet
+from raystep.local_ray import ensure_ray
+from raystep.records import LOCALIZED_FIELDS
 from raystep.runs import RunDir, report_failures, timed_stage
-from raystep.stages.shards import ShardSet, UnitBuffer, failure_stats, require_unique
+from raystep.stages.shards import ShardSet, failure_stats
+from raystep.stages.stream import done_keys, drop_done, read_stage, scan, write_shards
 
 STAGE = "localize"
+REFERENCE_COLUMNS: tuple[str, ...] = ("solution", "sample_id", "id")
+"""What the ``stepdpo`` judge prompt needs of each wrong sample (checked before any request)."""
+SUMMARY_COLUMNS: list[str] = ["first_wrong_step", "error", "evidence", "localizer"]
 
 
 class LocalizeUDF:
@@ -90,33 +99,36 @@ def method_results(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts for the manifest: outcome of the final label, per method, agreement, judge and rollout cost."""
-    stats: dict[str, Any] = {
-        "localized": len(rows),
-        "labelled": sum(1 for r in rows if not r.get("error") and r["first_wrong_step"] >= 1),
-        "no_wrong_step": sum(1 for r in rows if not r.get("error") and r["first_wrong_step"] == 0),
-        "errors": sum(1 for r in rows if r.get("error")),
-        "disagreements": sum(1 for r in rows if str(r.get("error") or "").startswith("disagree")),
-        "first_wrong_step_hist": dict(
-            sorted(Counter(str(r["first_wrong_step"]) for r in rows if not r.get("error")).items())
-        ),
-    }
+def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Counts for the manifest (one pass, any iterable): outcome of the final label, per method,
+    agreement, judge and rollout cost, and where each method first found a wrong step."""
+    total = Counter[str]()
+    hist = Counter[str]()
     per_method: dict[str, Counter[str]] = {}
-    agree = comparable = 0
+    steps_found: dict[str, Counter[int]] = {}
     judge = Counter[str]()
     rollout = Counter[str]()
     for r in rows:
+        total["localized"] += 1
+        error = str(r.get("error") or "")
+        if error:
+            total["errors"] += 1
+            total["disagreements"] += error.startswith("disagree")
+        else:
+            total["labelled" if r["first_wrong_step"] >= 1 else "no_wrong_step"] += 1
+            hist[str(r["first_wrong_step"])] += 1
         results = method_results(r)
         answered = {name: res["first_wrong_step"] for name, res in results.items() if not res.get("error")}
         if len(results) > 1 and len(answered) == len(results):
-            comparable += 1
-            agree += len(set(answered.values())) == 1
+            total["comparable"] += 1
+            total["agree"] += len(set(answered.values())) == 1
         for name, res in results.items():
             c = per_method.setdefault(name, Counter())
             c[
                 "errors" if res.get("error") else ("labelled" if res["first_wrong_step"] else "no_wrong_step")
             ] += 1
+            if not res.get("error"):
+                steps_found.setdefault(name, Counter())[int(res["first_wrong_step"])] += 1
             ev = res.get("evidence") or {}
             if name.startswith("judge"):
                 judge["rows"] += 1
@@ -133,12 +145,23 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 rollout["rows"] += 1
                 rollout["rollouts"] += int(ev.get("rollouts") or 0)
                 rollout["probes"] += len(ev.get("probes") or [])
-    stats["per_method"] = {name: dict(c) for name, c in per_method.items()}
-    if comparable:
+    stats: dict[str, Any] = {
+        "localized": total["localized"],
+        "labelled": total["labelled"],
+        "no_wrong_step": total["no_wrong_step"],
+        "errors": total["errors"],
+        "disagreements": total["disagreements"],
+        "first_wrong_step_hist": dict(sorted(hist.items())),
+        "per_method": {name: dict(c) for name, c in per_method.items()},
+        "first_wrong_step_per_method": {
+            name: {str(k): v for k, v in sorted(c.items())} for name, c in sorted(steps_found.items())
+        },
+    }
+    if total["comparable"]:
         stats["agreement"] = {
-            "rows_all_answered": comparable,
-            "all_agree": agree,
-            "rate": round(agree / comparable, 4),
+            "rows_all_answered": total["comparable"],
+            "all_agree": total["agree"],
+            "rate": round(total["agree"] / total["comparable"], 4),
         }
     if judge:
         stats["judge"] = {"unparsed_replies": 0, "unparsed_rows": 0, **judge}
@@ -147,29 +170,26 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return stats
 
 
-def plot_first_wrong_steps(rows: list[dict[str, Any]], path: Path) -> Path:
-    """A bar chart of where solutions first go wrong, per method: easier to read than the histogram."""
+def plot_first_wrong_steps(per_method: dict[str, dict[str, int]], total: int, path: Path) -> Path:
+    """A bar chart of where solutions first go wrong, per method (``summarize``'s
+    ``first_wrong_step_per_method``): easier to read than the histogram."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    per_method: dict[str, Counter[int]] = {}
-    for r in rows:
-        for name, res in method_results(r).items():
-            if not res.get("error"):
-                per_method.setdefault(name, Counter())[int(res["first_wrong_step"])] += 1
+    counts = {name: {int(k): v for k, v in c.items()} for name, c in per_method.items()}
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / max(1, len(per_method))
-    for i, (name, counts) in enumerate(sorted(per_method.items())):
-        xs = sorted(counts)
-        offset = (i - (len(per_method) - 1) / 2) * width
-        ax.bar([x + offset for x in xs], [counts[x] for x in xs], width=width, label=name)
-    ax.set_xticks(sorted({x for counts in per_method.values() for x in counts}))
+    width = 0.8 / max(1, len(counts))
+    for i, (name, c) in enumerate(sorted(counts.items())):
+        xs = sorted(c)
+        offset = (i - (len(counts) - 1) / 2) * width
+        ax.bar([x + offset for x in xs], [c[x] for x in xs], width=width, label=name)
+    ax.set_xticks(sorted({x for c in counts.values() for x in c}))
     ax.set_xlabel("first wrong step (0 = none found)")
     ax.set_ylabel("wrong samples")
-    ax.set_title(f"localize: {len(rows)} wrong samples")
-    if per_method:
+    ax.set_title(f"localize: {total} wrong samples")
+    if counts:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -189,8 +209,41 @@ def actor_resources(config: RunConfig) -> dict[str, Any]:
     return {**resources, "runtime_env": {"env_vars": engine_env(config, device)}}
 
 
+def count_wrong(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """``select_wrong``'s counts in one pass, and the first wrong sample with no reference solution."""
+    counts = Counter[str]()
+    unsolved: dict[str, Any] | None = None
+    for s in rows:
+        counts["samples"] += 1
+        counts["correct_samples"] += s.get("correct") is True
+        if s.get("correct") is False:
+            if s.get("error"):
+                counts["skipped_generation_errors"] += 1
+                continue
+            counts["wrong_samples"] += 1
+            if not (isinstance(s.get("solution"), str) and s["solution"].strip()):
+                counts["no_solution"] += 1
+                unsolved = unsolved or s
+    keys = ("samples", "correct_samples", "wrong_samples", "skipped_generation_errors")
+    return {**{k: counts[k] for k in keys}, "no_solution": counts["no_solution"], "first_unsolved": unsolved}
+
+
+def _wrong_as_json(batch: pa.Table) -> pa.Table:
+    """The samples worth localizing, one JSON string each (see the module's docstring)."""
+    keep = pc.and_(pc.equal(batch.column("correct"), False), pc.is_null(batch.column("error")))
+    rows = batch.filter(pc.fill_null(keep, False)).to_pylist()
+    return pa.table({"row": pa.array([json.dumps(r, ensure_ascii=False) for r in rows], pa.string())})
+
+
+def _from_json(batch: pa.Table) -> pa.Table:
+    return pa.Table.from_pylist([to_localized_row(json.loads(s)) for s in batch.column("row").to_pylist()])
+
+
 def run(config: RunConfig) -> dict[str, Any]:
-    """Localize every wrong sample of the run's ``samples/`` into ``localized/``; returns the stats."""
+    """Localize every wrong sample of the run's ``samples/`` into ``localized/``; returns the stats.
+
+    Streams: the samples are read, filtered and localized on the workers, which write the shards;
+    the driver counts and records (see ``raystep.stages.stream``)."""
     import ray
     from tqdm import tqdm
 
@@ -204,27 +257,35 @@ def run(config: RunConfig) -> dict[str, Any]:
 
         api_key_for(loc.judge.base_url, loc.judge.api_key_env)  # fail here, not inside an actor
     run_dir.record_config(config)
+    ensure_ray()
     with timed_stage(run_dir, STAGE) as stats:
-        samples = read_parquet(samples_dir, kind="sample")  # read only: collect may be writing there
-        wrong, counts = select_wrong(samples)
+        samples = ShardSet(samples_dir, kind="sample", clean=False)  # read only: collect may be writing
+        counts = scan(samples, ["correct", "error", *REFERENCE_COLUMNS], count_wrong)
+        unsolved, missing = counts.pop("first_unsolved"), counts.pop("no_solution")
         stats.update(counts, methods=list(loc.methods), combine=loc.combine)
         out_dir = run_dir.stage("localized")
         shards = ShardSet(out_dir, schema=LOCALIZED_FIELDS, kind="localized")
         attempts = shards.reopen_failed("sample_id", config.max_attempts)
-        done = shards.done_units()
-        require_unique(wrong, "sample_id", f"{samples_dir}: sample_id must be unique (the unit of localize)")
-        todo = [s for s in wrong if str(s["sample_id"]) not in done]
-        stats.update(already_done=len(wrong) - len(todo), todo=len(todo), retried=len(attempts))
+        done, n_done = done_keys(shards)
+        todo = max(0, counts["wrong_samples"] - n_done)
+        stats.update(already_done=n_done, todo=todo, retried=len(attempts))
         if "judge" in loc.methods:
-            from raystep.stages.localizers import require_reference
-
             stats.update(judge_prompt=loc.judge.prompt, judge_structured=loc.judge.structured)
-            require_reference(todo, loc.judge, f"{samples_dir}")  # the stepdpo prompt: before any request
+            if missing and loc.judge.prompt == "stepdpo" and todo:  # before any request
+                from raystep.stages.localizers.judge_prompts import MissingReference, reference_solution
+
+                try:
+                    reference_solution(unsolved)
+                except MissingReference as exc:
+                    raise MissingReference(
+                        f"{samples_dir}: {missing} of {counts['wrong_samples']} rows have no reference "
+                        f"solution; {exc}"
+                    ) from None
         if todo:
             cache_dir = str(out_dir / "judge-cache")  # build_localizer prefers localize.judge.cache_dir
             rps = loc.judge.requests_per_second / loc.concurrency
-            resources = actor_resources(config)
-            ds = ray.data.from_items([{"row": json.dumps(s, ensure_ascii=False)} for s in todo])
+            ds = drop_done(read_stage(samples, kind="sample", key="sample_id"), "sample_id", done)
+            ds = ds.map_batches(_wrong_as_json, batch_format="pyarrow")
             ds = ds.map_batches(
                 LocalizeUDF,
                 fn_constructor_kwargs={
@@ -234,30 +295,22 @@ def run(config: RunConfig) -> dict[str, Any]:
                 },
                 batch_size=loc.batch_size,
                 compute=ray.data.ActorPoolStrategy(size=loc.concurrency),
-                **resources,
+                **actor_resources(config),
             )
-            buffer = UnitBuffer(
-                shards,
-                expected={str(s["sample_id"]): 1 for s in todo},
-                key="sample_id",
-                units_per_shard=config.sampling.shard_size,
-                failed=lambda rows: any(not_answered(r) for r in rows),
-                attempts=attempts,
-            )
-            fresh: list[dict[str, Any]] = []
-            with tqdm(total=len(todo), desc="localize", unit="sample") as bar:
-                for item in ds.iter_rows():
-                    row = to_localized_row(json.loads(item["row"]))
-                    fresh.append(row)
-                    buffer.add(row)
-                    bar.update(1)
-            buffer.close()
-            stats["this_run"] = summarize(fresh)
-        all_rows = shards.rows()
-        stats.update(summarize(all_rows))
+            ds = ds.map_batches(_from_json, batch_format="pyarrow")
+            with tqdm(total=todo, desc="localize", unit="sample") as bar:
+                for shard in write_shards(
+                    ds, shards, "sample_id", config.sampling.shard_size, not_answered, attempts
+                ):
+                    bar.update(shard["rows"])
+        stats.update(scan(shards, SUMMARY_COLUMNS, summarize))
         stats["shards"] = len(shards.files())
         stats.update(failure_stats(shards, config.max_attempts))
-        stats["plot"] = str(plot_first_wrong_steps(all_rows, out_dir / "first_wrong_step.png"))
+        stats["plot"] = str(
+            plot_first_wrong_steps(
+                stats["first_wrong_step_per_method"], stats["localized"], out_dir / "first_wrong_step.png"
+            )
+        )
     return stats
 
 

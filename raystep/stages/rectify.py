@@ -8,10 +8,15 @@ equal the rejected step are dropped; optionally each chosen step's own continuat
 answer at least ``min_success_rate`` of ``success_rollouts`` times; ``verify_chosen`` is a hook for
 the localize area; at most ``max_pairs_per_sample`` pairs are kept per sample.
 
-Two resumable phases, both with a localized sample as the unit:
-  A. ``rectified/``: every continuation with its verdict (what the choice is made from);
+The stage streams (``raystep.stages.stream``): rows go from Ray Data readers to shards the workers
+write, never through the driver. Phases:
+  A. ``rectified/``: every continuation with its verdict (what the choice is made from); a
+     continuation is the unit of resume, and each carries its sample's fields (``unit``, JSON);
   B. ``pairs/``: the pairs (``records.PAIR_FIELDS``: the public Math-Step-DPO-10K columns plus
-     provenance), then ``pairs/pairs.jsonl`` rewritten from all shards (public schema + provenance).
+     provenance), built per sample with Ray Data's ``groupby`` from the stored continuations, and
+     rebuilt whole on each run (it generates nothing, except the optional success rollouts, which are
+     resumable rows of their own in ``rollouts/``); then ``pairs/pairs.jsonl`` (public schema +
+     provenance, sorted by ``pair_id``), written by a Ray task.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import importlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import pyarrow as pa
 from tqdm import tqdm
 
 from raystep import steps
@@ -31,11 +37,13 @@ from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
 from raystep.engines import prompt_tokenizer
 from raystep.engines.base import derive_seed, make_sampling
-from raystep.engines.graded import fold_errors, generate_and_grade
+from raystep.engines.graded import graded_dataset
 from raystep.errors import ROWS_FAILED
+from raystep.local_ray import ensure_ray
 from raystep.records import PAIR_FIELDS, PUBLIC_PAIR_FIELDS, read_parquet, to_public_pair, write_jsonl
 from raystep.runs import RunDir, report_failures, timed_stage
-from raystep.stages.shards import ShardSet, UnitBuffer, failure_stats, require_unique
+from raystep.stages.shards import ShardSet, arrow_schema, failure_stats, require_unique
+from raystep.stages.stream import done_keys, drop_done, read_stage, scan, write_shards
 
 CHOSEN_VERIFIER = "raystep.stages.localizers.chosen:verify_pairs"
 """Import path of the ``rectify.verify_chosen`` filter (owned by the localize area):
@@ -43,6 +51,20 @@ CHOSEN_VERIFIER = "raystep.stages.localizers.chosen:verify_pairs"
 whose chosen step the localizer accepts, how many it removed, and how many it could not judge (kept)."""
 
 ChosenVerifier = Callable[[list[dict[str, Any]], RunConfig], tuple[list[dict[str, Any]], int, int]]
+
+UNIT_KEYS: tuple[str, ...] = (
+    "id",
+    "dataset",
+    "question",
+    "answer",
+    "sample_id",
+    "response",
+    "first_wrong_step",
+    "localizer",
+)
+"""What the pairs phase needs of a localized sample; each continuation row carries it (as JSON)."""
+
+SKIP_COLUMNS: list[str] = ["correct", "error", "first_wrong_step", "response"]
 
 PROVENANCE_FIELDS: tuple[str, ...] = (
     "pair_id",
@@ -113,6 +135,8 @@ def continuation_requests(
             rows.append(
                 {
                     "sample_id": unit["sample_id"],
+                    "continuation_id": f"{unit['sample_id']}-c{j}",
+                    "unit": json.dumps({k: unit.get(k) for k in UNIT_KEYS}, ensure_ascii=False),
                     "continuation_index": j,
                     "first_wrong_step": int(unit["first_wrong_step"]),
                     "prefix": prefix,
@@ -130,6 +154,8 @@ def to_continuation(row: dict[str, Any]) -> dict[str, Any]:
     k = int(row["first_wrong_step"])
     return {
         "sample_id": row["sample_id"],
+        "continuation_id": row["continuation_id"],
+        "unit": row["unit"],
         "continuation_index": int(row["continuation_index"]),
         "seed": int(row["seed"]),
         "answer": row["answer"],
@@ -266,6 +292,7 @@ def rollout_requests(
                 {
                     "sample_id": c["sample_id"],
                     "pair_id": c["pair_id"],
+                    "rollout_id": f"{c['pair_id']}-r{j}",
                     "prefix": prefix,
                     "answer": c["answer"],
                     "prompt": prompt,
@@ -280,6 +307,7 @@ def to_rollout(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "sample_id": row["sample_id"],
         "pair_id": row["pair_id"],
+        "rollout_id": row["rollout_id"],
         "answer": row["answer"],
         "response": row["prefix"] + row["generated_text"],
         "finish_reason": row["finish_reason"],
@@ -291,7 +319,7 @@ def to_rollout(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_localized(run: RunDir) -> list[dict[str, Any]]:
-    """The localize stage's rows (any ``part-*.parquet`` in ``localized/``), validated."""
+    """The localize stage's rows (any ``part-*.parquet`` in ``localized/``), validated (for tools)."""
     folder = run.path / "localized"
     if not folder.is_dir() or not any(folder.glob("*.parquet")):
         raise FileNotFoundError(f"{folder}: no localized shards; run `raystep localize` first")
@@ -300,84 +328,237 @@ def read_localized(run: RunDir) -> list[dict[str, Any]]:
     return rows
 
 
-def _phase_continuations(
-    config: RunConfig, run: RunDir, units: list[dict[str, Any]], stats: dict[str, Any], tokenizer: Any
-) -> ShardSet:
+def count_units(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """How many localized samples there are, how many are rectified, and why the others are not."""
+    reasons: Counter[str] = Counter(skip_reason(r) or "rectified" for r in rows)
+    return {
+        "localized": sum(reasons.values()),
+        "units": reasons["rectified"],
+        "skipped": {k: v for k, v in reasons.items() if k != "rectified"},
+    }
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _config_and_tokenizer(config_json: str) -> tuple[RunConfig, Any]:
+    config = RunConfig.model_validate_json(config_json)
+    if config_json not in _TOKENIZERS:
+        _TOKENIZERS.clear()
+        _TOKENIZERS[config_json] = prompt_tokenizer(config)
+    return config, _TOKENIZERS[config_json]
+
+
+def _continuation_requests(batch: pa.Table, config_json: str) -> pa.Table:
+    """Ray Data: localized samples -> the continuation requests of those that are rectified."""
+    config, tokenizer = _config_and_tokenizer(config_json)
+    units = [r for r in batch.to_pylist() if skip_reason(r) is None]
+    return _table(continuation_requests(config, units, tokenizer), CONTINUATION_REQUEST_COLUMNS)
+
+
+CONTINUATION_REQUEST_COLUMNS: tuple[str, ...] = (
+    "sample_id",
+    "continuation_id",
+    "unit",
+    "continuation_index",
+    "first_wrong_step",
+    "prefix",
+    "answer",
+    "prompt",
+    "seed",
+    "sampling",
+)
+ROLLOUT_REQUEST_COLUMNS: tuple[str, ...] = (
+    "sample_id",
+    "pair_id",
+    "rollout_id",
+    "prefix",
+    "answer",
+    "prompt",
+    "seed",
+    "sampling",
+)
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pa.Table:
+    """Rows as a table; an empty batch keeps its columns (Ray Data unifies the blocks' schemas)."""
+    if rows:
+        return pa.Table.from_pylist(rows)
+    return pa.table({c: pa.array([], pa.string()) for c in columns})
+
+
+def _phase_continuations(config: RunConfig, run: RunDir, todo_units: int, stats: dict[str, Any]) -> ShardSet:
     shards = ShardSet(run.stage("rectified"))
-    attempts = shards.reopen_failed("sample_id", config.max_attempts)
-    if attempts:  # pairs built from those continuations are rebuilt from the new ones
-        ShardSet(run.stage("pairs"), schema=PAIR_FIELDS).drop_units_everywhere(set(attempts), "sample_id")
-    done = shards.done_units()
-    todo = [u for u in units if u["sample_id"] not in done]
-    stats.update(samples_resumed=len(units) - len(todo), samples_todo=len(todo), retried=len(attempts))
-    if todo:
-        bar = tqdm(total=len(todo), desc="rectify: continuations", unit="sample", dynamic_ncols=True)
-        buffer = UnitBuffer(
-            shards,
-            expected={u["sample_id"]: config.rectify.n for u in todo},
-            key="sample_id",
-            units_per_shard=config.sampling.shard_size,
-            finalize=lambda _u, rows: sorted(
-                (fold_errors(r) for r in rows), key=lambda r: r["continuation_index"]
-            ),
-            on_unit=lambda _u, _rows: bar.update(1),
-            attempts=attempts,
-        )
-        for row in generate_and_grade(
-            config, continuation_requests(config, todo, tokenizer), to_continuation
-        ):
-            buffer.add(row)
-        buffer.close()
-        bar.close()
-    return shards
-
-
-def _phase_pairs(
-    config: RunConfig,
-    run: RunDir,
-    units: list[dict[str, Any]],
-    continuations: list[dict[str, Any]],
-    stats: dict[str, Any],
-    tokenizer: Any,
-) -> ShardSet:
-    shards = ShardSet(run.stage("pairs"), schema=PAIR_FIELDS, kind="pair")
-    verify = load_chosen_verifier() if config.rectify.verify_chosen else None
-    done = shards.done_units()
-    by_id = {u["sample_id"]: u for u in units}
-    conts: dict[str, list[dict[str, Any]]] = {}
-    for row in continuations:
-        if row["sample_id"] in by_id and row["sample_id"] not in done:
-            conts.setdefault(row["sample_id"], []).append(row)
-    counts: Counter[str] = Counter()
-    candidates: dict[str, list[dict[str, Any]]] = {}
-    for sid in (u["sample_id"] for u in units if u["sample_id"] not in done):
-        candidates[sid], unit_counts = build_candidates(by_id[sid], conts.get(sid, []), config)
-        counts.update(unit_counts)
-
-    def finalize(sid: str, rollouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        kept, unit_counts = select_pairs(candidates[sid], rollouts, config, verify)
-        counts.update(unit_counts)
-        return kept
-
-    bar = tqdm(total=len(candidates), desc="rectify: pairs", unit="sample", dynamic_ncols=True)
-    rollouts = config.rectify.success_rollouts
-    buffer = UnitBuffer(
-        shards,
-        expected={sid: len(c) * rollouts for sid, c in candidates.items()},
-        key="sample_id",
-        units_per_shard=config.sampling.shard_size,
-        finalize=finalize,
-        on_unit=lambda _u, _rows: bar.update(1),
+    attempts = shards.reopen_failed("continuation_id", config.max_attempts)
+    done, n_done = done_keys(shards)
+    todo = todo_units * config.rectify.n - n_done
+    stats.update(
+        continuations_resumed=n_done,
+        continuations_todo=max(0, todo),
+        samples_resumed=todo_units - -(-max(0, todo) // config.rectify.n),
+        samples_todo=-(-max(0, todo) // config.rectify.n),
+        retried=len(attempts),
     )
-    pending = [c for sid, cs in candidates.items() if sid in buffer.expected for c in cs]
-    if rollouts > 0 and pending:
-        requests = rollout_requests(config, by_id, pending, tokenizer)
-        for row in generate_and_grade(config, requests, to_rollout):
-            buffer.add(row)
-    buffer.close()
-    bar.close()
-    stats["this_run"] = dict(counts)
+    if todo > 0:
+        localized = ShardSet(run.path / "localized", kind="localized", clean=False)
+        ds = read_stage(localized, kind="localized", key="sample_id").map_batches(
+            _continuation_requests,
+            fn_kwargs={"config_json": config.model_dump_json()},
+            batch_format="pyarrow",
+        )
+        ds = graded_dataset(config, drop_done(ds, "continuation_id", done), to_continuation)
+        with tqdm(total=todo, desc="rectify: continuations", unit="row", dynamic_ncols=True) as bar:
+            for shard in write_shards(
+                ds, shards, "continuation_id", config.sampling.shard_size, attempts=attempts
+            ):
+                bar.update(shard["rows"])
     return shards
+
+
+def _candidates(group: pa.Table, config_json: str) -> pa.Table:
+    """Ray Data ``map_groups``: one sample's continuations -> its candidate pairs, and its counts."""
+    config = RunConfig.model_validate_json(config_json)
+    conts = group.to_pylist()
+    unit = json.loads(conts[0]["unit"])
+    candidates, counts = build_candidates(unit, conts, config)
+    rows = [_tagged("candidate", unit["sample_id"], c) for c in candidates]
+    rows.append(_tagged("counts", unit["sample_id"], dict(counts), unit))
+    return pa.Table.from_pylist(rows)
+
+
+def _tagged(
+    kind: str, sample_id: str, row: dict[str, Any], unit: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "sample_id": sample_id,
+        "row": json.dumps(row, ensure_ascii=False),
+        "unit": json.dumps(unit, ensure_ascii=False) if unit is not None else None,
+    }
+
+
+def _rollout_requests(batch: pa.Table, config_json: str) -> pa.Table:
+    """Ray Data: candidate pairs -> ``success_rollouts`` requests each, continuing after the chosen step."""
+    config, tokenizer = _config_and_tokenizer(config_json)
+    rows = [r for r in batch.to_pylist() if r["kind"] == "candidate"]
+    units = {r["sample_id"]: {"question": json.loads(r["row"])["prompt"]} for r in rows}
+    candidates = [json.loads(r["row"]) for r in rows]
+    return _table(rollout_requests(config, units, candidates, tokenizer), ROLLOUT_REQUEST_COLUMNS)
+
+
+def _as_tagged_rollout(batch: pa.Table) -> pa.Table:
+    rows = batch.to_pylist()
+    return pa.table(
+        {
+            "kind": pa.array(["rollout"] * len(rows), pa.string()),
+            "sample_id": pa.array([r["sample_id"] for r in rows], pa.string()),
+            "row": pa.array(
+                [json.dumps({"pair_id": r["pair_id"], "correct": r["correct"]}) for r in rows], pa.string()
+            ),
+            "unit": pa.array([None] * len(rows), pa.string()),
+        }
+    )
+
+
+def _select(group: pa.Table, config_json: str) -> pa.Table:
+    """Ray Data ``map_groups``: one sample's candidates (and their rollouts) -> its pairs, and counts."""
+    config = RunConfig.model_validate_json(config_json)
+    verify = load_chosen_verifier() if config.rectify.verify_chosen else None
+    rows = group.to_pylist()
+    candidates = sorted(
+        (json.loads(r["row"]) for r in rows if r["kind"] == "candidate"),
+        key=lambda c: int(c["pair_id"].rsplit("-c", 1)[1]),
+    )
+    rollouts = [json.loads(r["row"]) for r in rows if r["kind"] == "rollout"]
+    counts: Counter[str] = Counter()
+    for r in rows:
+        if r["kind"] == "counts":
+            counts.update(json.loads(r["row"]))
+    kept, select_counts = (
+        select_pairs(candidates, rollouts, config, verify) if candidates else ([], Counter())
+    )
+    counts.update(select_counts)
+    sample_id = rows[0]["sample_id"]
+    out = [{"pair": json.dumps(p, ensure_ascii=False), "sample_id": sample_id, "counts": None} for p in kept]
+    out.append({"pair": None, "sample_id": sample_id, "counts": json.dumps(dict(counts))})
+    return pa.Table.from_pylist(out)
+
+
+def _pairs_only(batch: pa.Table) -> pa.Table:
+    rows = [json.loads(p) for p in batch.column("pair").to_pylist() if p is not None]
+    if not rows:
+        return arrow_schema(PAIR_FIELDS).empty_table()
+    return pa.Table.from_pylist(rows)
+
+
+def _sum_counts(batch: pa.Table) -> pa.Table:
+    total: Counter[str] = Counter()
+    for c in batch.column("counts").to_pylist():
+        if c is not None:
+            total.update(json.loads(c))
+    return pa.table({"counts": [json.dumps(dict(total))]})
+
+
+def shuffle_partitions(samples: int) -> int:
+    """Hash partitions of the pairs phase's ``groupby``: one per 2,000 samples, up to 64 (Ray's
+    default of 200 makes a small run wait on 200 reduce tasks)."""
+    return max(1, min(64, samples // 2000 + 1))
+
+
+def _phase_pairs(config: RunConfig, run: RunDir, rectified: ShardSet, stats: dict[str, Any]) -> ShardSet:
+    """Pairs from the stored continuations (and success rollouts): recomputed whole on every run, since
+    it costs no generation except the rollouts, which are resumable rows of their own (``rollouts/``)."""
+    config_json = config.model_dump_json()
+    pairs = ShardSet(run.stage("pairs"), schema=PAIR_FIELDS, kind="pair")
+    for old in pairs.files():
+        old.unlink()
+    if not rectified.files():
+        stats["this_run"] = {}
+        return pairs
+    partitions = shuffle_partitions(stats["units"])
+    tagged = (
+        read_stage(rectified)
+        .groupby("sample_id", num_partitions=partitions)
+        .map_groups(_candidates, fn_kwargs={"config_json": config_json}, batch_format="pyarrow")
+        .materialize()  # in the object store: the candidates feed both the rollouts and the selection
+    )
+    if config.rectify.success_rollouts > 0:
+        rollouts = ShardSet(run.stage("rollouts"))
+        attempts = rollouts.reopen_failed("rollout_id", config.max_attempts)
+        done, _ = done_keys(rollouts)
+        requests = tagged.map_batches(
+            _rollout_requests, fn_kwargs={"config_json": config_json}, batch_format="pyarrow"
+        )
+        ds = graded_dataset(config, drop_done(requests, "rollout_id", done), to_rollout)
+        with tqdm(desc="rectify: success rollouts", unit="row", dynamic_ncols=True) as bar:
+            for shard in write_shards(
+                ds, rollouts, "rollout_id", config.sampling.shard_size, attempts=attempts
+            ):
+                bar.update(shard["rows"])
+        if rollouts.files():
+            tagged = tagged.union(
+                read_stage(rollouts, columns=["sample_id", "pair_id", "correct"]).map_batches(
+                    _as_tagged_rollout, batch_format="pyarrow"
+                )
+            )
+    selected = (
+        tagged.groupby("sample_id", num_partitions=partitions)
+        .map_groups(_select, fn_kwargs={"config_json": config_json}, batch_format="pyarrow")
+        .materialize()
+    )
+    with tqdm(desc="rectify: pairs", unit="pair", dynamic_ncols=True) as bar:
+        for shard in write_shards(
+            selected.map_batches(_pairs_only, batch_format="pyarrow"),
+            pairs,
+            "pair_id",
+            config.sampling.shard_size,
+        ):
+            bar.update(shard["rows"])
+    counts: Counter[str] = Counter()
+    for row in selected.map_batches(_sum_counts, batch_format="pyarrow", batch_size=4096).iter_rows():
+        counts.update(json.loads(row["counts"]))  # one small row per batch of samples
+    stats["this_run"] = dict(counts)
+    return pairs
 
 
 def export_jsonl(pairs: list[dict[str, Any]], path: Any) -> int:
@@ -388,38 +569,57 @@ def export_jsonl(pairs: list[dict[str, Any]], path: Any) -> int:
     )
 
 
+def _export(folder: str, path: str) -> int:
+    """``pairs/pairs.jsonl`` from the pair shards, sorted by ``pair_id`` (run in a Ray task)."""
+    return export_jsonl(ShardSet(folder, kind="pair", clean=False).rows(), path)
+
+
+def count_continuations(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    c: Counter[str] = Counter()
+    for r in rows:
+        c["continuations"] += 1
+        c["continuations_correct"] += bool(r.get("correct"))
+        c["continuation_errors"] += bool(r.get("error"))
+    return {k: c[k] for k in ("continuations", "continuations_correct", "continuation_errors")}
+
+
+def count_pairs(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    samples: set[str] = set()
+    n = 0
+    for r in rows:
+        n += 1
+        samples.add(r["sample_id"])
+    return {"pairs": n, "samples_with_pairs": len(samples)}
+
+
 def run(config: RunConfig) -> dict[str, Any]:
-    """Rectify every localized wrong sample not yet done; returns (and records) the stage stats."""
+    """Rectify every localized wrong sample not yet done; returns (and records) the stage stats.
+
+    Streams (``raystep.stages.stream``): continuations are generated, graded and written by the
+    workers, one row a unit; the pairs are then built per sample with Ray Data's ``groupby``."""
+    import ray
+
     run_dir = RunDir.from_config(config)
     run_dir.record_config(config)
+    ensure_ray()
     with timed_stage(run_dir, "rectify") as stats:
         if config.rectify.verify_chosen:
             load_chosen_verifier()  # fail before any work when the hook is missing
-        localized = read_localized(run_dir)
-        why = [skip_reason(r) for r in localized]
-        reasons = Counter(w or "rectified" for w in why)
-        units = [r for r, w in zip(localized, why, strict=True) if w is None]
-        stats.update(
-            localized=len(localized),
-            units=len(units),
-            skipped={k: v for k, v in reasons.items() if k != "rectified"},
-        )
+        folder = run_dir.path / "localized"
+        localized = ShardSet(folder, kind="localized", clean=False)
+        if not folder.is_dir() or not localized.files():
+            raise FileNotFoundError(f"{folder}: no localized shards; run `raystep localize` first")
+        stats.update(scan(localized, SKIP_COLUMNS, count_units))
         start = time.time()
-        tokenizer = prompt_tokenizer(config)
-        continuations = _phase_continuations(config, run_dir, units, stats, tokenizer)
-        cont_rows = continuations.rows()
-        pairs = _phase_pairs(config, run_dir, units, cont_rows, stats, tokenizer)
+        continuations = _phase_continuations(config, run_dir, stats["units"], stats)
+        pairs = _phase_pairs(config, run_dir, continuations, stats)
         stats["generate_seconds"] = round(time.time() - start, 3)
-        pair_rows = pairs.rows()
-        stats.update(
-            continuations=len(cont_rows),
-            continuations_correct=sum(bool(r["correct"]) for r in cont_rows),
-            continuation_errors=sum(bool(r.get("error")) for r in cont_rows),
-            pairs=len(pair_rows),
-            samples_with_pairs=len({r["sample_id"] for r in pair_rows}),
-            pairs_jsonl=export_jsonl(pair_rows, pairs.folder / "pairs.jsonl"),
-            public_fields=list(PUBLIC_PAIR_FIELDS),
+        stats.update(scan(continuations, ["correct", "error"], count_continuations))
+        stats.update(scan(pairs, ["sample_id"], count_pairs))
+        stats["pairs_jsonl"] = ray.get(
+            ray.remote(num_cpus=0)(_export).remote(str(pairs.folder), str(pairs.folder / "pairs.jsonl"))
         )
+        stats["public_fields"] = list(PUBLIC_PAIR_FIELDS)
         stats.update(failure_stats(continuations, config.max_attempts))
     return stats
 

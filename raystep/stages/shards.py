@@ -1,27 +1,15 @@
-"""Resume machinery shared by the stages: Parquet shards that hold only complete units.
+"""Parquet shards that hold only complete units: the resume machinery of the data stages.
 
-A stage processes fixed *units* (a problem for collect, a localized sample for rectify). Rows stream
-out of Ray Data in any order; ``UnitBuffer`` groups them per unit and, once ``units_per_shard`` units
-are complete, ``ShardSet.write`` commits them as one ``part-NNNNN.parquet``. The list of units a shard
-completes is stored in the shard's own Parquet metadata, and the shard appears by an atomic rename, so
-a shard on disk is always whole and self-describing (a unit that produced no rows is still recorded).
-A rerun asks ``ShardSet.done_units()`` and skips those units: a stage killed midway and rerun ends
-with exactly the rows of an uninterrupted run.
+A shard is one ``part-*.parquet`` file written to a temporary name and renamed into place, so a shard on
+disk is always whole. The units it completes (for the streaming stages, the key of each of its rows)
+are stored in its own Parquet metadata; ``ShardSet.done_units()`` reads only that, and a rerun skips
+those units. Who writes: ``raystep.stages.stream.write_shards`` from the Ray Data workers, or
+``ShardSet.write`` directly (the problems of a run, tests, tools).
 
 A unit whose rows failed (a request or a generation error, kept with the error) is recorded in its
 shard's ``raystep.failed`` metadata with its attempt count. ``ShardSet.reopen_failed`` takes such units
 out of their shards (each rewritten atomically) so a rerun does them again, up to ``max_attempts``;
 the units done stay done.
-
-Usage::
-
-    shards = ShardSet(run.stage("samples"), schema=records.SAMPLE_FIELDS)
-    todo = [p for p in problems if p["id"] not in shards.done_units()]
-    buffer = UnitBuffer(shards, expected={p["id"]: n for p in todo}, key="id", units_per_shard=64)
-    for row in stream:  # rows of todo units, any order
-        buffer.add(row)
-    buffer.close()      # flushes the rest; raises if a unit never completed
-    rows = shards.rows()
 """
 
 from __future__ import annotations
@@ -31,7 +19,7 @@ import os
 import re
 import signal
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +30,8 @@ from raystep.records import FieldSpec, RowError, read_parquet
 
 UNITS_KEY = b"raystep.units"
 FAILED_KEY = b"raystep.failed"
-_SHARD = re.compile(r"^part-(\d{5,})\.parquet$")
+_SHARD = re.compile(r"^part-([0-9a-f]{5,})\.parquet$")
+_NUMBERED = re.compile(r"^\d+$")
 
 FAIL_AFTER_ENV = "RAYSTEP_FAIL_AFTER_SHARDS"
 """Fault injection for resume tests: ``K`` or ``<folder name>:K``: fail right after the K-th shard one
@@ -53,10 +42,6 @@ FAIL_MODE_ENV = "RAYSTEP_FAIL_MODE"
 
 class InjectedFailure(RuntimeError):
     """Raised by the ``RAYSTEP_FAIL_AFTER_SHARDS`` fault injection (tests of resume only)."""
-
-
-class IncompleteUnitsError(RuntimeError):
-    """The stream ended while some units had not received all their rows."""
 
 
 def arrow_schema(spec: FieldSpec) -> pa.Schema:
@@ -81,15 +66,20 @@ class ShardSet:
     """The ``part-NNNNN.parquet`` shards of one stage folder."""
 
     def __init__(
-        self, folder: str | os.PathLike[str], schema: FieldSpec | None = None, kind: str | None = None
+        self,
+        folder: str | os.PathLike[str],
+        schema: FieldSpec | None = None,
+        kind: str | None = None,
+        clean: bool = True,
     ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.schema = schema
         self.kind = kind
         self.written_here = 0
-        for stale in self.folder.glob("*.tmp"):
-            stale.unlink()  # a write interrupted before its rename: never committed
+        if clean:  # the driver, before a stage's writers start (a worker must not remove another's .tmp)
+            for stale in self.folder.glob("*.tmp"):
+                stale.unlink()  # a write interrupted before its rename: never committed
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if _SHARD.match(p.name))
@@ -152,16 +142,28 @@ class ShardSet:
                 self.drop_units(path, units, key)
 
     def next_index(self) -> int:
-        files = self.files()
-        return int(_SHARD.match(files[-1].name).group(1)) + 1 if files else 0  # type: ignore[union-attr]
+        numbered = [
+            int(m.group(1))
+            for f in self.files()
+            if (m := _SHARD.match(f.name)) and _NUMBERED.match(m.group(1))
+        ]
+        return max(numbered) + 1 if numbered else 0
 
     def write(
-        self, rows: list[dict[str, Any]], units: Iterable[str], failed: dict[str, int] | None = None
+        self,
+        rows: list[dict[str, Any]] | pa.Table,
+        units: Iterable[str],
+        failed: dict[str, int] | None = None,
+        name: str | None = None,
+        inject: bool = True,
     ) -> Path:
-        """Commit ``rows`` (all rows of ``units``, nothing else) as the next shard, atomically;
-        ``failed`` names the units whose rows failed, with their attempt count."""
+        """Commit ``rows`` (all rows of ``units``, nothing else) as a shard, atomically; ``failed`` names
+        the units whose rows failed, with their attempt count. ``name`` (hex) names the shard; by default
+        the next number (the driver's writes; a worker names its shard by its units)."""
         units = list(units)
-        if rows:
+        if isinstance(rows, pa.Table) and len(rows):
+            table = self._conform(rows)
+        elif rows and not isinstance(rows, pa.Table):
             table = self._conform(pa.Table.from_pylist(rows))
         elif self.schema is not None:
             table = arrow_schema(self.schema).empty_table()
@@ -171,12 +173,13 @@ class ShardSet:
         meta[UNITS_KEY] = json.dumps(units).encode()
         meta[FAILED_KEY] = json.dumps(failed or {}).encode()
         table = table.replace_schema_metadata(meta)
-        path = self.folder / f"part-{self.next_index():05d}.parquet"
-        tmp = path.with_name(path.name + ".tmp")
+        path = self.folder / f"part-{name or f'{self.next_index():05d}'}.parquet"
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, path)
         self.written_here += 1
-        _maybe_fail(self.folder.name, self.written_here)
+        if inject:  # the driver's writes; a stage streaming from workers counts its shards itself
+            maybe_fail(self.folder.name, self.written_here)
         return path
 
     def _conform(self, table: pa.Table) -> pa.Table:
@@ -220,98 +223,20 @@ def failure_stats(shards: ShardSet, max_attempts: int) -> dict[str, int]:
     }
 
 
-def rows_failed(rows: list[dict[str, Any]]) -> bool:
-    """The default failure test: a row of the unit kept an ``error``."""
-    return any(row.get("error") for row in rows)
-
-
-def _maybe_fail(folder: str, written: int) -> None:
+def fail_after(folder: str) -> int | None:
+    """How many shards of ``folder`` this process may write before the fault injection fires."""
     spec = os.environ.get(FAIL_AFTER_ENV, "").strip()
-    if not spec:
-        return
     target, _, limit = spec.rpartition(":")
-    if (target and target != folder) or written != int(limit):
-        return
+    return int(limit) if spec and (not target or target == folder) else None
+
+
+def inject_failure(folder: str, written: int, pid: int | None = None) -> None:
+    """The fault itself: SIGKILL the (driver) process ``pid`` or raise ``InjectedFailure``."""
     if os.environ.get(FAIL_MODE_ENV, "raise") == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    raise InjectedFailure(f"{FAIL_AFTER_ENV}={limit}: failing after shard {written} of {folder}/, as asked")
+        os.kill(pid or os.getpid(), signal.SIGKILL)
+    raise InjectedFailure(f"{FAIL_AFTER_ENV}: failing after shard {written} of {folder}/, as asked")
 
 
-class UnitBuffer:
-    """Groups streamed rows by unit and writes complete units to a ``ShardSet``.
-
-    ``expected`` maps each pending unit to how many rows it will receive (a unit expecting 0 is
-    complete at once). ``finalize(unit, rows) -> rows`` may transform a complete unit's rows (sort,
-    aggregate, filter) before they are buffered for the shard. ``on_unit(unit, rows)`` is called
-    after, e.g. to advance a progress bar or update counters. ``failed(rows)`` says whether a unit's
-    (finalized) rows failed, to be retried on a rerun; ``attempts`` holds the earlier attempts of
-    reopened units.
-    """
-
-    def __init__(
-        self,
-        shards: ShardSet,
-        expected: dict[str, int],
-        key: str | Callable[[dict[str, Any]], str],
-        units_per_shard: int,
-        finalize: Callable[[str, list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
-        on_unit: Callable[[str, list[dict[str, Any]]], None] | None = None,
-        failed: Callable[[list[dict[str, Any]]], bool] | None = None,
-        attempts: dict[str, int] | None = None,
-    ):
-        self.shards = shards
-        self.expected = dict(expected)
-        self.key = key if callable(key) else (lambda row, _k=key: str(row[_k]))
-        self.units_per_shard = units_per_shard
-        self.finalize = finalize
-        self.on_unit = on_unit
-        self.failed = failed or rows_failed
-        self.attempts = attempts or {}
-        self.ready_failed: dict[str, int] = {}
-        self.failed_units: list[str] = []
-        self.partial: dict[str, list[dict[str, Any]]] = {}
-        self.ready_units: list[str] = []
-        self.ready_rows: list[dict[str, Any]] = []
-        self.shards_written: list[Path] = []
-        for unit in [u for u, n in self.expected.items() if n == 0]:
-            self._complete(unit, [])
-
-    def add(self, row: dict[str, Any]) -> None:
-        unit = self.key(row)
-        if unit not in self.expected:
-            raise KeyError(f"row for unit {unit!r}, which is not pending (done already or unknown)")
-        rows = self.partial.setdefault(unit, [])
-        rows.append(row)
-        if len(rows) > self.expected[unit]:
-            raise RuntimeError(f"unit {unit!r} got {len(rows)} rows, expected {self.expected[unit]}")
-        if len(rows) == self.expected[unit]:
-            self._complete(unit, self.partial.pop(unit))
-
-    def _complete(self, unit: str, rows: list[dict[str, Any]]) -> None:
-        del self.expected[unit]
-        if self.finalize is not None:
-            rows = self.finalize(unit, rows)
-        self.ready_units.append(unit)
-        self.ready_rows.extend(rows)
-        if rows and self.failed(rows):
-            self.ready_failed[unit] = self.attempts.get(unit, 0) + 1
-            self.failed_units.append(unit)
-        if self.on_unit is not None:
-            self.on_unit(unit, rows)
-        if len(self.ready_units) >= self.units_per_shard:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.ready_units:
-            self.shards_written.append(
-                self.shards.write(self.ready_rows, self.ready_units, self.ready_failed)
-            )
-            self.ready_units, self.ready_rows, self.ready_failed = [], [], {}
-
-    def close(self) -> None:
-        """Write what is left; raise when a unit never got all its rows (rows were lost upstream)."""
-        self.flush()
-        missing = {u: (len(self.partial.get(u, [])), n) for u, n in self.expected.items()}
-        if missing:
-            sample = dict(list(missing.items())[:5])
-            raise IncompleteUnitsError(f"{len(missing)} unit(s) incomplete (got, expected): {sample}")
+def maybe_fail(folder: str, written: int) -> None:
+    if fail_after(folder) == written:
+        inject_failure(folder, written)

@@ -1,0 +1,106 @@
+"""The data stages stream: rows go from Ray Data readers to shards the workers write, never through the
+driver. Guarded by the driver's peak memory on a run whose rows are several times the cap (the old
+path read every row into the driver, then sent them all back to Ray), and by resume decisions that
+read only shard metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from test_localize_stage import CHECKER, make_samples
+
+from raystep.records import SAMPLE_FIELDS
+from raystep.stages.shards import ShardSet
+from raystep.stages.stream import shard_name
+
+DRIVER_CAP_MB = 150
+"""How much more memory the driver of a big run may use than the driver of a tiny one."""
+
+PAD_KB = 64
+"""Each sample carries this much reference solution text (it passes through to ``localized/``)."""
+
+DRIVER = textwrap.dedent(
+    """
+    import json, resource, sys
+    from raystep.cli import main
+    rc = main(["localize", *[a for item in sys.argv[1:] for a in ("--set", item)]])
+    print("RESULT " + json.dumps({"rc": rc, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    """
+)
+
+
+def write_padded_samples(run: Path, problems: int) -> tuple[int, int]:
+    """A samples folder of ``problems`` x 4 rows, each padded; returns (rows, bytes of text)."""
+    rows, truth = make_samples(problems)
+    pad = "x" * (PAD_KB * 1024)
+    shards = ShardSet(run / "samples", schema=SAMPLE_FIELDS)
+    for i in range(0, len(rows), 64):
+        chunk = [{**r, "solution": pad} for r in rows[i : i + 64]]
+        shards.write(chunk, [r["sample_id"] for r in chunk])
+    return len(truth), len(rows) * PAD_KB * 1024
+
+
+def localize_in_a_driver(tmp_path: Path, name: str, ray_address: str) -> dict:
+    settings = [
+        f"storage.root={tmp_path / 'runs'}",
+        f"name={name}",
+        "localize.methods=[verifier]",
+        f"localize.verifier={CHECKER}",
+        "localize.batch_size=64",
+        "sampling.shard_size=64",
+    ]
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, *settings],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result, proc.stderr[-3000:]
+    return json.loads(result[-1].removeprefix("RESULT "))
+
+
+@pytest.mark.slow
+def test_localize_streams_rows_past_the_driver(tmp_path, ray_local):
+    address = ray_local.get_runtime_context().gcs_address
+    small_wrong, _ = write_padded_samples(tmp_path / "runs" / "small", problems=20)
+    big_wrong, big_bytes = write_padded_samples(tmp_path / "runs" / "big", problems=1500)
+    assert big_bytes > 2 * DRIVER_CAP_MB * 2**20  # holding the rows once would break the cap twice over
+
+    small = localize_in_a_driver(tmp_path, "small", address)
+    big = localize_in_a_driver(tmp_path, "big", address)
+    assert small["rc"] == 0 and big["rc"] == 0
+
+    localized = ShardSet(tmp_path / "runs" / "big" / "localized")
+    assert sum(pq.read_metadata(f).num_rows for f in localized.files()) == big_wrong  # all of it written
+    grown_mb = (big["maxrss_kb"] - small["maxrss_kb"]) / 1024
+    assert grown_mb < DRIVER_CAP_MB, (small, big)
+
+
+def test_shards_are_named_by_their_units_so_a_retried_write_replaces_itself():
+    assert shard_name(["b", "a"]) == shard_name(["a", "b"])
+    assert shard_name(["a"]) != shard_name(["a", "b"])
+    assert len(shard_name(["a"])) == 20
+
+
+def test_deciding_what_is_done_reads_only_metadata(tmp_path, ray_local):
+    from raystep.stages.stream import done_keys
+
+    shards = ShardSet(tmp_path / "s", schema=SAMPLE_FIELDS)
+    rows, _ = make_samples(3)
+    shards.write(rows[:6], [r["sample_id"] for r in rows[:6]])
+    shards.write(rows[6:], [r["sample_id"] for r in rows[6:]], failed={rows[-1]["sample_id"]: 1})
+    ref, count = done_keys(shards)
+    assert count == len(rows)
+    assert sorted(ray_local.get(ref).to_pylist()) == sorted(r["sample_id"] for r in rows)
