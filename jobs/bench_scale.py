@@ -4,8 +4,10 @@ Case 1 runs collect -> localize (the exact verifier) -> rectify on the arithmeti
 tiny policy on vLLM's CPU build (``sampling.engine: vllm``, ``ray.data.llm``), at several multiples of
 the demo's 200 problems x 4 samples. Each size runs in a fresh driver process on one local Ray, so the
 driver's peak memory (``ru_maxrss``) is its own. Per size and stage it prints rows/s, generated
-tokens/s and seconds per 1,000 rows, and per size the driver's peak memory and Ray's object store use
-and spilling (from ``ray memory --stats-only``'s summary, read in the driver).
+tokens/s and seconds per 1,000 rows (start-up included: each stage starts its engine), and per size
+the driver's peak memory and Ray's object store use and spilling (from ``ray memory --stats-only``'s
+summary, read in the driver); then the ratios between sizes, and the marginal rate between two sizes
+(extra rows over extra seconds), which cancels each stage's fixed start-up.
 
 Case 2 fills ``samples/``, ``localized/`` and ``rectified/`` with ``--million`` synthetic rows (tiny
 rows, written directly with pyarrow) and times how long localize and rectify take to decide what is
@@ -232,9 +234,20 @@ def main() -> int:
             )
         base = sized[0]
         for r in sized[1:]:
-            for stage in ("collect", "rectify"):
+            for stage in ("collect", "localize", "rectify"):
                 ratio = r[stage]["rows_per_s"] / max(base[stage]["rows_per_s"], 1e-9)
                 print(f"{stage} rows/s at {r['multiple']}x / at {base['multiple']}x: {ratio:.2f}")
+        # each stage pays a fixed start-up (an engine, actor pools): the rate between two sizes cancels it
+        for small, big in zip(sized, sized[1:], strict=False):
+            for stage in ("collect", "localize", "rectify"):
+                rows = big[stage]["rows"] - small[stage]["rows"]
+                seconds = big[stage]["seconds"] - small[stage]["seconds"]
+                if rows > 0 and seconds > 0:
+                    print(
+                        f"{stage} marginal rows/s from {small['multiple']}x to {big['multiple']}x: "
+                        f"{rows / seconds:.1f} (fixed start-up about "
+                        f"{small[stage]['seconds'] - small[stage]['rows'] * seconds / rows:.0f} s)"
+                    )
     return 0
 
 
