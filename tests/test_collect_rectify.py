@@ -481,3 +481,18 @@ def test_collect_then_rectify_turns_wrong_samples_into_pairs(
         )  # the step the model knows
         assert p["prompt"] == source["question"] and p["localizer"] == "oracle"
     assert len(read_jsonl(run.path / "pairs" / "pairs.jsonl", kind="pair")) == len(pairs)
+
+
+def test_the_workers_request_builders_fan_out_with_stable_ids():
+    """collect's and rectify's Ray Data request builders (config and tokenizer loaded once a process)."""
+    import pyarrow as pa
+
+    config = load_config(None, ["model.template=plain", "sampling.n=2", "rectify.n=3"])
+    problem = {"id": "p0", "dataset": "d", "question": "1+1?", "answer": "2"}
+    asked = collect._requests(pa.Table.from_pylist([problem]), config.model_dump_json())
+    assert asked.column("sample_id").to_pylist() == ["p0-s0", "p0-s1"]
+    response = steps.STEP_PRIMER + " 1 + 1 = 3.\nStep 2: The answer is 3."
+    row = {**problem, "sample_id": "p0-s0", "response": response, "first_wrong_step": 1, "localizer": "v",
+           "correct": False, "error": None}  # fmt: skip
+    asked = rectify._continuation_requests(pa.Table.from_pylist([row]), config.model_dump_json())
+    assert asked.column("continuation_id").to_pylist() == ["p0-s0-c0", "p0-s0-c1", "p0-s0-c2"]

@@ -45,6 +45,18 @@ def prompt_tokenizer(config: RunConfig) -> Any:
     return AutoTokenizer.from_pretrained(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
 
 
+_WORKER_CONFIGS: dict[str, tuple[RunConfig, Any]] = {}
+
+
+def config_and_tokenizer(config_json: str) -> tuple[RunConfig, Any]:
+    """In a Ray Data worker: the validated config and its prompt tokenizer, loaded once per process."""
+    if config_json not in _WORKER_CONFIGS:
+        _WORKER_CONFIGS.clear()
+        config = RunConfig.model_validate_json(config_json)
+        _WORKER_CONFIGS[config_json] = (config, prompt_tokenizer(config))
+    return _WORKER_CONFIGS[config_json]
+
+
 def build_generator(config: RunConfig, sampling: dict[str, Any] | None = None) -> Generator:
     """The configured engine as a ``Dataset -> Dataset`` function.
 

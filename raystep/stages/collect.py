@@ -27,7 +27,7 @@ from tqdm import tqdm
 from raystep import steps
 from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
-from raystep.engines import prompt_tokenizer, sampling_defaults
+from raystep.engines import config_and_tokenizer, sampling_defaults
 from raystep.engines.base import fan_out, normalize_sampling
 from raystep.engines.graded import graded_dataset
 from raystep.errors import ROWS_FAILED, EmptyInputError
@@ -105,16 +105,10 @@ def sample_id(row: dict[str, Any]) -> str:
     return f"{row['id']}-s{row['sample_index']}"
 
 
-_TOKENIZERS: dict[str, Any] = {}
-
-
 def _requests(batch: pa.Table, config_json: str) -> pa.Table:
     """Ray Data: a batch of problems -> their sample requests (on the workers)."""
-    config = RunConfig.model_validate_json(config_json)
-    if config_json not in _TOKENIZERS:
-        _TOKENIZERS.clear()
-        _TOKENIZERS[config_json] = prompt_tokenizer(config)
-    return pa.Table.from_pylist(sample_requests(config, batch.to_pylist(), _TOKENIZERS[config_json]))
+    config, tokenizer = config_and_tokenizer(config_json)
+    return pa.Table.from_pylist(sample_requests(config, batch.to_pylist(), tokenizer))
 
 
 def to_sample(row: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from raystep import steps
 from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
-from raystep.engines import prompt_tokenizer
+from raystep.engines import config_and_tokenizer
 from raystep.engines.base import derive_seed, make_sampling
 from raystep.engines.graded import graded_dataset
 from raystep.errors import ROWS_FAILED
@@ -338,20 +338,9 @@ def count_units(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-_TOKENIZERS: dict[str, Any] = {}
-
-
-def _config_and_tokenizer(config_json: str) -> tuple[RunConfig, Any]:
-    config = RunConfig.model_validate_json(config_json)
-    if config_json not in _TOKENIZERS:
-        _TOKENIZERS.clear()
-        _TOKENIZERS[config_json] = prompt_tokenizer(config)
-    return config, _TOKENIZERS[config_json]
-
-
 def _continuation_requests(batch: pa.Table, config_json: str) -> pa.Table:
     """Ray Data: localized samples -> the continuation requests of those that are rectified."""
-    config, tokenizer = _config_and_tokenizer(config_json)
+    config, tokenizer = config_and_tokenizer(config_json)
     units = [r for r in batch.to_pylist() if skip_reason(r) is None]
     return _table(continuation_requests(config, units, tokenizer), CONTINUATION_REQUEST_COLUMNS)
 
@@ -439,7 +428,7 @@ def _tagged(
 
 def _rollout_requests(batch: pa.Table, config_json: str) -> pa.Table:
     """Ray Data: candidate pairs -> ``success_rollouts`` requests each, continuing after the chosen step."""
-    config, tokenizer = _config_and_tokenizer(config_json)
+    config, tokenizer = config_and_tokenizer(config_json)
     rows = [r for r in batch.to_pylist() if r["kind"] == "candidate"]
     units = {r["sample_id"]: {"question": json.loads(r["row"])["prompt"]} for r in rows}
     candidates = [json.loads(r["row"]) for r in rows]
