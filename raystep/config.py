@@ -552,6 +552,9 @@ class ServeConfig(Section):
     """Requests one replica handles at once."""
     max_queued_requests: int = Field(default=-1, ge=-1)
     """Requests waiting for a replica beyond which Serve answers 503 at once (-1: no limit)."""
+    ingress_cpus: float = Field(default=0.25, ge=0.0)
+    """CPUs the ingress replica reserves. It only forwards HTTP; Serve's default (one whole CPU) left a
+    4-CPU node with none for the Ray Data tasks of a stage sampling through the served model."""
     limits: ServeLimits = Field(default_factory=ServeLimits)
 
 

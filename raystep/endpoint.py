@@ -8,20 +8,12 @@ text is kept in the row (``error``), so nothing is lost silently and a rerun can
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import time
 from typing import Any
 
 import openai
 
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-MAX_BACKOFF_S = 30.0
-
-
-def api_key_from_env(env_name: str) -> str:
-    """The key named by the config (never stored in files); local servers accept any placeholder."""
-    return os.environ.get(env_name) or "EMPTY"
+from raystep.retry import retrying
 
 
 def request_payload(item: dict[str, Any], model: str, api: str, sampling: dict[str, Any]) -> dict[str, Any]:
@@ -77,19 +69,11 @@ def failed_result(error: str) -> dict[str, Any]:
     }
 
 
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
-        return True
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in RETRYABLE_STATUS
-    return False
-
-
 class EndpointClient:
-    """``openai.AsyncOpenAI`` behind a semaphore, with our own retry loop.
+    """``openai.AsyncOpenAI`` behind a semaphore, retried by ``raystep.retry``.
 
     The SDK's retries are turned off so the attempts are counted in each row and the backoff follows
-    ``max_retries`` from the config exactly.
+    ``max_retries`` from the config exactly (a server's ``Retry-After`` wins).
     """
 
     def __init__(
@@ -124,27 +108,26 @@ class EndpointClient:
     async def complete(self, item: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
         """Send one item; the result carries the response or the last error, plus attempts and latency."""
         body = request_payload(item, self.model, self.api, sampling)
-        error = ""
         async with self._semaphore:
             start = time.perf_counter()
-            for attempt in range(self.max_retries + 1):
-                if attempt:
-                    delay = min(MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1))
-                    await asyncio.sleep(delay + random.uniform(0, self.backoff_s))
-                try:
-                    out = await self._call(body)
-                except Exception as exc:  # kept in the row: a failed request is never lost
-                    error = f"{type(exc).__name__}: {exc}"[:2000]
-                    if _retryable(exc):
-                        continue
-                    break
-                out.update(attempts=attempt + 1, latency_s=round(time.perf_counter() - start, 4), error=None)
-                return out
-            return {
-                **failed_result(error),
-                "attempts": attempt + 1,
-                "latency_s": round(time.perf_counter() - start, 4),
-            }
+            tries = 0
+            try:
+                async for attempt in retrying(self.max_retries, self.backoff_s, asynchronous=True):
+                    tries += 1
+                    with attempt:
+                        out = await self._call(body)
+            except Exception as exc:  # kept in the row: a failed request is never lost
+                return {
+                    **failed_result(f"{type(exc).__name__}: {exc}"[:2000]),
+                    "attempts": tries,
+                    "latency_s": round(time.perf_counter() - start, 4),
+                }
+            out.update(
+                attempts=tries,
+                latency_s=round(time.perf_counter() - start, 4),
+                error=None,
+            )
+            return out
 
     async def close(self) -> None:
         await self._client.close()

@@ -118,10 +118,11 @@ def test_rayservice_serve_config_equals_raystep_serve_emit(tmp_path):
     doc = yaml.safe_load((REPO / "cluster" / "rayservice.yaml").read_text())
     embedded = yaml.safe_load(doc["spec"]["serveConfigV2"])
     overrides = SERVE_OVERRIDES
-    assert embedded["applications"][0]["args"]["ingress_cls_config"]["ingress_extra_kwargs"] == {
-        "api_key_env": "RAYSTEP_API_KEY",
-        "require_key": True,
-    }, "a pod-network bind must check the API key"
+    kwargs = embedded["applications"][0]["args"]["ingress_cls_config"]["ingress_extra_kwargs"]
+    assert (kwargs["api_key_env"], kwargs["require_key"]) == ("RAYSTEP_API_KEY", True), (
+        "a pod-network bind must check the API key"
+    )
+    assert kwargs["limits"]["max_request_bytes"] > 0 and kwargs["limits"]["max_prompt_chars"] > 0
     emitted = tmp_path / "serve.yaml"
     out = subprocess.run(
         [
@@ -177,10 +178,9 @@ def test_open_judge_is_served_next_to_the_pipeline_and_keyed_from_the_secret(tmp
         and len(llm["placement_group_config"]["bundles"]) == 8
     )
     assert llm["engine_kwargs"]["structured_outputs_config"]["disable_any_whitespace"] is True
-    assert app["args"]["ingress_cls_config"]["ingress_extra_kwargs"] == {
-        "api_key_env": judge.api_key_env,
-        "require_key": True,
-    }
+    kwargs = app["args"]["ingress_cls_config"]["ingress_extra_kwargs"]
+    assert (kwargs["api_key_env"], kwargs["require_key"]) == (judge.api_key_env, True)
+    assert kwargs["limits"]["max_model_len"] == llm["engine_kwargs"]["max_model_len"]  # the judge's context
     emitted = tmp_path / "judge.yaml"
     out = subprocess.run(
         [sys.executable, "-m", "raystep.cli", "serve", "--judge", "--config", CONFIG_OPEN_JUDGE]

@@ -70,12 +70,13 @@ def test_pipeline_submitted_as_a_ray_job_succeeds_and_fills_the_run_folder(
         RAY, "job", "submit", "--address", address, "--no-wait",
         "--working-dir", ".", "--runtime-env", "jobs/runtime_env.yaml", "--",
         "python", "jobs/pipeline.py", "--config", "jobs/configs/tiny-cpu.yaml",
-        "--stages", "collect,localize,rectify",
+        "--stages", "collect",
         "--set", f"storage.root={storage}", "--set", f"model.path={tiny_model}",
         "--set", f"data.path={shared_data / 'gsm8k' / 'train.jsonl'}", "--set", "data.limit=4",
         "--set", "sampling.n=2", "--set", "sampling.max_new_tokens=24",
-        "--set", "localize.rollout.max_new_tokens=16", "--set", "rectify.n=2",
     ]  # fmt: skip
+    # one stage: the job's plumbing (upload, runtime env, token auth, the run folder) is what this test is
+    # for; localize and rectify on vLLM run in tests/test_vllm_pipeline.py, each an engine start of its own
     out = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     job_id = next(
@@ -102,16 +103,12 @@ def test_pipeline_submitted_as_a_ray_job_succeeds_and_fills_the_run_folder(
 
     run = storage / "tiny-cpu"
     manifest = json.loads((run / "manifest.json").read_text())
-    for stage in ("collect", "localize", "rectify"):
-        assert manifest["stages"][stage]["status"] == "done", manifest["stages"].get(stage)
+    assert manifest["stages"]["collect"]["status"] == "done", manifest["stages"].get("collect")
     assert manifest["stages"]["pipeline"]["status"] == "done"
     from raystep.records import read_parquet
 
     samples = read_parquet(run / "samples", kind="sample")
     assert len(samples) == 4 * 2
     assert len({s["sample_id"] for s in samples}) == 8
-    wrong = [s for s in samples if not s["correct"]]
-    localized = read_parquet(run / "localized", kind="localized")
-    assert {r["sample_id"] for r in localized} == {s["sample_id"] for s in wrong}
-    assert (run / "pairs").is_dir()
+    assert all(s["grade_status"] != "error" and s["response"] for s in samples)  # vLLM answered each
     assert manifest["config"]["model"]["path"] == str(tiny_model)

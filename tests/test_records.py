@@ -166,17 +166,29 @@ def test_check_row_names_the_field() -> None:
 # --- the public pair schema --------------------------------------------------------------------------
 
 
-def test_public_pair_fields_are_math_step_dpo_10k() -> None:
-    assert PUBLIC_PAIR_FIELDS == (
-        "dataset",
-        "prompt",
-        "initial_reason_steps",
-        "chosen",
-        "rejected",
-        "full_chosen",
-        "full_rejected",
-        "answer",
-    )
+def test_a_math_step_dpo_10k_row_is_read_as_a_pair_and_written_back_in_its_column_order(
+    tmp_path: Path,
+) -> None:
+    """A row as xinlai/Math-Step-DPO-10K publishes it (its eight columns, in its order) is a valid pair
+    file for training, a row missing one of them is refused, and raystep writes pairs in that order."""
+    published = {
+        "dataset": "MATH",
+        "prompt": "What is 2 + 3?",
+        "initial_reason_steps": "Step 1: We add.\nStep 2:",
+        "chosen": " 2 + 3 = 5.",
+        "rejected": " 2 + 3 = 6.",
+        "full_chosen": " 2 + 3 = 5. The answer is 5.",
+        "full_rejected": " 2 + 3 = 6. The answer is 6.",
+        "answer": "5",
+    }
+    path = tmp_path / "public.jsonl"
+    path.write_text(json.dumps(published) + "\n")
+    (row,) = read_rows(path, kind="pair")
+    assert to_public_pair(row) == published and list(to_public_pair(row)) == list(published)
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text(json.dumps({k: v for k, v in published.items() if k != "initial_reason_steps"}) + "\n")
+    with pytest.raises(ValueError, match="initial_reason_steps"):
+        read_rows(partial, kind="pair")
 
 
 def test_to_public_pair_is_exact() -> None:

@@ -128,6 +128,7 @@ def test_public_bind_gets_a_key_checking_ingress_without_the_key(monkeypatch: py
     text = serve_config_yaml(public)
     assert "super-secret-value" not in text
     args = yaml.safe_load(text)["applications"][0]["args"]
+    assert args["ingress_deployment_config"] == {"ray_actor_options": {"num_cpus": 0.25}}
     assert args["ingress_cls_config"] == {
         "ingress_cls": AUTH_INGRESS,
         "ingress_extra_kwargs": {

@@ -107,8 +107,20 @@ def test_first_step_cuts_a_continuation() -> None:
     assert first_step(" x\nStep 2: not k+1\nStep 4: y", 2) == " x\nStep 2: not k+1\nStep 4: y"
 
 
-def test_step_primer() -> None:
-    assert STEP_PRIMER == "Let's think step by step.\nStep 1:"
+def test_step_primer_opens_step_one_of_what_collect_stores() -> None:
+    """collect ends the prompt with the primer and stores primer + continuation: split, that is step 1
+    onwards with the primer's sentence as the preamble, and step 1's prefix is the primer itself."""
+    stored = STEP_PRIMER + " 2 + 3 = 5.\nStep 2: 5 * 2 = 10.\nStep 3: The answer is \\boxed{10}."
+    steps = split_steps(stored)
+    assert steps.style == "header" and len(steps) == 3
+    assert [steps.body(k).strip() for k in (1, 2, 3)] == [
+        "2 + 3 = 5.",
+        "5 * 2 = 10.",
+        "The answer is \\boxed{10}.",
+    ]
+    assert steps.prefix(1) == STEP_PRIMER and steps.join() == stored
+    prompt = build_prompt("qwen2-boxed", "What is (2 + 3) * 2?", STEP_PRIMER)
+    assert prompt.endswith(STEP_PRIMER) and "What is (2 + 3) * 2?" in prompt
 
 
 # --- Step-DPO's train.py formats (apply_step_wise_chat_template), copied here as the reference -------

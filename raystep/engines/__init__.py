@@ -88,7 +88,9 @@ def build_endpoint_generator(config: RunConfig, defaults: dict[str, Any]) -> Gen
             batch_size=s.batch_size,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=s.concurrency),
-            num_cpus=0.5,
+            # an HTTP client: a quarter CPU, so that beside a served engine's placement group the stage's
+            # read and write tasks still find a CPU (with 4 CPUs and a whole one per actor they never did)
+            num_cpus=0.25,
         )
 
     return generate

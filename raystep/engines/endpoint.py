@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from raystep.config import EndpointConfig
-from raystep.endpoint import EndpointClient, api_key_from_env
+from raystep.endpoint import EndpointClient
 from raystep.engines.base import derive_seed, error_output, normalize_sampling
+from raystep.retry import api_key
 
 
 def request_sampling(sampling: Mapping[str, Any], n: int = 1) -> dict[str, Any]:
@@ -35,7 +36,7 @@ def client_for(endpoint: EndpointConfig) -> EndpointClient:
         endpoint.base_url,
         endpoint.model,
         api="completions",
-        api_key=api_key_from_env(endpoint.api_key_env),
+        api_key=api_key(endpoint.api_key_env),
         concurrency=endpoint.concurrency,
         max_retries=endpoint.max_retries,
         timeout_s=endpoint.timeout_s,

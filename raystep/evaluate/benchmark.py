@@ -18,11 +18,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from raystep.config import EvalConfig
-from raystep.endpoint import EndpointClient, api_key_from_env
+from raystep.endpoint import EndpointClient
 from raystep.errors import InputError
 from raystep.evaluate import samples as sample_log
 from raystep.evaluate.report import summarize, write_report
 from raystep.records import append_jsonl
+from raystep.retry import api_key
 from raystep.steps import build_messages, build_prompt
 
 SETTINGS_FIELDS = ("benchmark", "model", "api", "template", "temperature", "top_p", "max_tokens")
@@ -133,7 +134,7 @@ async def _send_all(todo: list[dict[str, Any]], cfg: EvalConfig, flush: Flush) -
         cfg.base_url,
         cfg.model,
         api=cfg.api,
-        api_key=api_key_from_env(cfg.api_key_env),
+        api_key=api_key(cfg.api_key_env),
         concurrency=cfg.concurrency,
         max_retries=cfg.max_retries,
         timeout_s=cfg.timeout_s,

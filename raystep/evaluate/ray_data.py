@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from raystep.config import EvalConfig
-from raystep.endpoint import api_key_from_env, failed_result, parse_response, request_payload
+from raystep.endpoint import failed_result, parse_response, request_payload
+from raystep.retry import api_key
 
 ACTOR_CPUS = 0.25
 """HTTP actors mostly wait on the network: a quarter CPU each keeps them from starving the cluster."""
@@ -61,7 +62,7 @@ def send_with_ray_data(
         }
         for i in todo
     ]
-    headers = {"Authorization": f"Bearer {api_key_from_env(cfg.api_key_env)}"}
+    headers = {"Authorization": f"Bearer {api_key(cfg.api_key_env)}"}
     batch_size = max(1, min(16, cfg.concurrency))
     processor = build_processor(
         HttpRequestProcessorConfig(

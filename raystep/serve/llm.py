@@ -103,6 +103,7 @@ def app_args(config: RunConfig, device: Device | None = None) -> dict[str, Any]:
     serve = config.serve
     return {
         "llm_configs": [llm_config(config, device)],
+        "ingress_deployment_config": {"ray_actor_options": {"num_cpus": serve.ingress_cpus}},
         "ingress_cls_config": {
             "ingress_cls": AUTH_INGRESS,
             "ingress_extra_kwargs": {

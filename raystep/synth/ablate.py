@@ -41,7 +41,7 @@ from raystep.cli import add_config_arguments
 from raystep.config import RunConfig, apply_overrides, load_config
 from raystep.errors import RowsFailedError
 from raystep.runs import RunDir
-from raystep.synth.ablate_report import ARMS, METHOD, METRICS, plot, render, summarize
+from raystep.synth.ablate_report import ARMS, METHOD, METRICS, OPTIONAL, plot, render, summarize
 
 
 def with_overrides(config: RunConfig, items: list[str]) -> RunConfig:
@@ -268,10 +268,18 @@ def run(
     samples: int = 4,
     tuned: dict[str, list[str]] | None = None,
     progress: bool = True,
+    optional: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The whole ablation; returns the report (also ``<run>/ablate/ablate.{json,md,png}``)."""
+    """The whole ablation; returns the report (also ``<run>/ablate/ablate.{json,md,png}``).
+
+    ``optional`` picks the arms beside no training and Step-DPO (keys of ``OPTIONAL``; all by default).
+    """
     if not config.eval.limit:
         raise ValueError("eval.limit must say how many held-out problems to evaluate on")
+    unknown = sorted(set(optional or ()) - set(OPTIONAL))
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}: choose from {sorted(OPTIONAL)}")
+    chosen = {OPTIONAL[k] for k in (OPTIONAL if optional is None else optional)} | {METHOD}
     from raystep import demo
     from raystep.local_ray import ensure_ray
     from raystep.synth.policy import ensure_policy, settings_from_config
@@ -301,7 +309,7 @@ def run(
             files = built.pop("files")
             row: dict[str, Any] = {"seed": seed, "round": rnd, **built, "arms": {}}
             row["arms"]["no training"] = baseline if rnd == 1 else seed_rows[-1]["arms"][METHOD]
-            arms = [a for a, spec in ARMS.items() if spec is not None] if rnd == 1 else [METHOD]
+            arms = [a for a, spec in ARMS.items() if spec and a in chosen] if rnd == 1 else [METHOD]
             for arm in arms:  # Step-DPO last: its served model also builds the next round's pairs
                 _, whose = ARMS[arm]  # type: ignore[misc]
                 pairs_file = files[whose]
@@ -345,6 +353,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rounds", type=int, default=1, help="iterative Step-DPO rounds (round 1: all arms)")
     parser.add_argument("--samples", type=int, default=4, help="samples per problem for sampled accuracy")
+    parser.add_argument(
+        "--arms",
+        nargs="*",
+        choices=sorted(OPTIONAL),
+        help="arms beside no training and Step-DPO (default: all of sft dpo gold)",
+    )
     parser.add_argument("--policy", default="small", help="policy size preset: small | large")
     parser.add_argument("--tuned", type=Path, help="settings per method from `raystep sweep` (sweep.json)")
     parser.add_argument("--quick", action="store_true", help="CI-sized runs")
@@ -379,6 +393,7 @@ def main(args: argparse.Namespace) -> int:
         samples=args.samples,
         tuned=load_tuned(args.tuned),
         progress=not args.no_progress,
+        optional=args.arms,
     )
     print(render(report))
     print(f"report: {RunDir.from_config(config).path}/ablate/ablate.md ({report['seconds']:.0f} s)")

@@ -23,6 +23,14 @@ ARMS: dict[str, tuple[str, str] | None] = {
 """Arm -> (``train.mode``, whose chosen steps), in report order; Step-DPO (own steps) is the method."""
 METHOD = "Step-DPO"
 METRICS = ("greedy", "sampled")
+OPTIONAL = {"sft": "SFT", "dpo": "DPO", "gold": "Step-DPO (gold)"}
+"""The arms a run may leave out (``raystep ablate --arms``); no training and Step-DPO always run."""
+
+
+def arms_run(per_seed: list[dict[str, Any]]) -> list[str]:
+    """The arms of a finished run, in report order (a run may leave optional arms out)."""
+    first = [r for r in per_seed if r["round"] == 1]
+    return [a for a in ARMS if first and a in first[0]["arms"]]
 
 
 def summarize(
@@ -35,7 +43,7 @@ def summarize(
 ) -> dict[str, Any]:
     """Means with t-intervals per arm and metric, paired differences against Step-DPO, rounds, taxonomy."""
     first = [r for r in per_seed if r["round"] == 1]
-    arms = list(ARMS)
+    arms = arms_run(per_seed)
     summary = {
         metric: {arm: mean_interval([r["arms"][arm][metric] for r in first]) for arm in arms}
         for metric in METRICS
@@ -112,7 +120,8 @@ def render(report: dict[str, Any]) -> str:
         "| arm | greedy % | sampled % | Step-DPO - arm, greedy (points) | Step-DPO - arm, sampled (points) |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for arm in ARMS:
+    arms = arms_run(report["per_seed"])
+    for arm in arms:
         cells = [_pct_ci(report["summary"][m][arm]) for m in METRICS]
         diffs = [_diff_cell(report["differences"][m][arm]) if arm != METHOD else "" for m in METRICS]
         lines.append(f"| {arm} | {' | '.join(cells)} | {' | '.join(diffs)} |")
@@ -144,7 +153,7 @@ def render(report: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     first = [r for r in report["per_seed"] if r["round"] == 1]
-    for arm in ARMS:
+    for arm in arms:
         taxes = [r["arms"][arm]["taxonomy"] for r in first]
         wrong = sum(t["wrong"] for t in taxes) / len(taxes)
         cats = [
@@ -163,7 +172,7 @@ def plot(path: Path, report: dict[str, Any]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = list(ARMS)
+    arms = arms_run(report["per_seed"])
     first = [r for r in report["per_seed"] if r["round"] == 1]
     fig, ax = plt.subplots(figsize=(8, 3.8))
     width = 0.38

@@ -8,9 +8,9 @@ read by ``verdicts.read_verdict`` (schema JSON, the paper's ``Final Decision`` l
 reply no reader understands is counted (``unparsed_replies``) before it is retried.
 
 Calls are the expensive, flaky part of localization, hence: a thread pool bounded by
-``max_concurrency``, a requests-per-second pacer, our own retry loop with exponential backoff on 429,
-5xx, time-outs, connection errors and unreadable replies (the SDK's retries are off so every attempt is
-counted), and an on-disk cache keyed by a hash of the full request, so a rerun makes no request at all.
+``max_concurrency``, a requests-per-second pacer, retries (``raystep.retry``: exponential backoff, a
+server's Retry-After first) on 429, 5xx, time-outs, connection errors and unreadable replies (the SDK's
+retries are off so every attempt is counted), and an on-disk cache keyed by a hash of the full request, so a rerun makes no request at all.
 A row whose attempts all fail keeps its error; it is never dropped.
 """
 
@@ -19,17 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import openai
 
 from raystep.config import JudgeConfig
+from raystep.retry import api_key, describe, http_retryable, retrying
 from raystep.stages.localizers.base import labelled
 from raystep.stages.localizers.judge_prompts import (
     MissingReference,
@@ -59,11 +58,9 @@ __all__ = [
     "require_reference",
 ]
 
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 REFUSED_STATUS = frozenset({400, 422})
 """What a server answers to a ``response_format`` it does not support (``structured: auto`` falls back)."""
 SCHEMA_WORDS = ("response_format", "json_schema", "schema", "guided", "structured")
-MAX_BACKOFF_S = 30.0
 
 
 class MalformedReply(ValueError):
@@ -123,22 +120,18 @@ class JudgeCache:
 
 
 def api_key_for(base_url: str, env_name: str) -> str:
-    """The key from the environment variable the config names; local servers need none."""
-    key = os.environ.get(env_name)
-    if key:
-        return key
-    host = urlparse(base_url).hostname or ""
-    if host in ("127.0.0.1", "localhost", "::1"):
-        return "EMPTY"
-    raise ValueError(f"the judge at {base_url} needs an API key: set the environment variable ${env_name}")
+    """The judge's key (``raystep.retry.api_key``): a remote judge without one fails before any request."""
+    try:
+        return api_key(env_name, base_url)
+    except ValueError as exc:
+        raise ValueError(f"the judge at {exc}") from None
 
 
 def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, (openai.APIConnectionError, MalformedReply, VerdictParseError)):
-        return True  # APITimeoutError is an APIConnectionError
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in RETRYABLE_STATUS
-    return isinstance(exc, openai.APIResponseValidationError)
+    """HTTP failures worth another attempt, and replies no reader understood (asked again)."""
+    if isinstance(exc, (MalformedReply, VerdictParseError, openai.APIResponseValidationError)):
+        return True
+    return http_retryable(exc)
 
 
 def _refuses_schema(exc: BaseException) -> bool:
@@ -148,21 +141,6 @@ def _refuses_schema(exc: BaseException) -> bool:
         return False
     text = f"{exc} {getattr(exc, 'body', '')}".lower()
     return any(word in text for word in SCHEMA_WORDS)
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}: {str(exc)[:200]}"
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 class JudgeLocalizer:
@@ -257,9 +235,7 @@ class JudgeLocalizer:
             return labelled(row, self.name, 0, {"model": self.config.model}, f"judge failed: {exc}")
         except Exception as exc:  # a malformed row must not take its batch down
             self._count(failed_rows=1)
-            return labelled(
-                row, self.name, 0, {"model": self.config.model}, f"judge failed: {_describe(exc)}"
-            )
+            return labelled(row, self.name, 0, {"model": self.config.model}, f"judge failed: {describe(exc)}")
 
     def _evidence(self, key: str, structured: bool) -> dict[str, Any]:
         return {
@@ -296,48 +272,47 @@ class JudgeLocalizer:
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
         errors: list[str] = []
         unparsed = 0
-        attempts = 1 + self.config.max_retries
-        for attempt in range(attempts):
-            try:
-                reply, tokens = self._call(body)
-                for k, v in tokens.items():
-                    usage[k] += v
-                try:
-                    verdict = read_verdict(reply, len(steps), structured)
-                except VerdictParseError:
-                    unparsed += 1
-                    self._count(unparsed_replies=1)
-                    raise
-            except Exception as exc:
-                if structured and self.config.structured == "auto" and _refuses_schema(exc):
-                    self._count(structured_refused=1)
-                    raise StructuredRefused(_describe(exc)) from exc
-                errors.append(_describe(exc))
-                if not _retryable(exc) or attempt == attempts - 1:
-                    break
-                self._count(retries=1)
-                delay = _retry_after(exc)
-                if delay is None:
-                    delay = self.config.backoff_s * (2**attempt) * (1 + random.random() * 0.25)
-                time.sleep(min(delay, MAX_BACKOFF_S))
-                continue
-            if self.cache:
-                self.cache.put(key, {"reply": reply, "usage": tokens, "model": self.config.model})
-            evidence.update(
-                _verdict_evidence(verdict),
-                reply=reply,
-                attempts=attempt + 1,
-                usage=usage,
-                parse_failures=unparsed,
+        try:
+            for attempt in retrying(
+                self.config.max_retries, self.config.backoff_s, _retryable, lambda _: self._count(retries=1)
+            ):
+                with attempt:
+                    try:
+                        reply, tokens = self._call(body)
+                        for k, v in tokens.items():
+                            usage[k] += v
+                        try:
+                            verdict = read_verdict(reply, len(steps), structured)
+                        except VerdictParseError:
+                            unparsed += 1
+                            self._count(unparsed_replies=1)
+                            raise
+                    except Exception as exc:
+                        if structured and self.config.structured == "auto" and _refuses_schema(exc):
+                            self._count(structured_refused=1)
+                            raise StructuredRefused(describe(exc)) from exc
+                        errors.append(describe(exc))
+                        raise
+        except StructuredRefused:
+            raise
+        except Exception:  # retries spent, or a final error: the row keeps it and a rerun asks again
+            self._count(failed_rows=1)
+            evidence.update(attempts=len(errors), usage=usage, errors=errors, parse_failures=unparsed)
+            return labelled(
+                row, self.name, 0, evidence, f"judge failed after {len(errors)} attempt(s): {errors[-1]}"
             )
-            if errors:
-                evidence["retried_errors"] = errors
-            return labelled(row, self.name, verdict.first_wrong, evidence)
-        self._count(failed_rows=1)
-        evidence.update(attempts=len(errors), usage=usage, errors=errors, parse_failures=unparsed)
-        return labelled(
-            row, self.name, 0, evidence, f"judge failed after {len(errors)} attempt(s): {errors[-1]}"
+        if self.cache:
+            self.cache.put(key, {"reply": reply, "usage": tokens, "model": self.config.model})
+        evidence.update(
+            _verdict_evidence(verdict),
+            reply=reply,
+            attempts=len(errors) + 1,
+            usage=usage,
+            parse_failures=unparsed,
         )
+        if errors:
+            evidence["retried_errors"] = errors
+        return labelled(row, self.name, verdict.first_wrong, evidence)
 
     def locate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not rows:
