@@ -39,17 +39,19 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parent))  # sample_pairs.py, beside this script
 
 import torch  # noqa: E402
 
 from raystep.train.attention import flex_available  # noqa: E402
+from raystep.train.batch_loss import batch_loss, branch_logps  # noqa: E402
 from raystep.train.metrics import FlopCount, flops_utilisation  # noqa: E402
 from raystep.train.pairs import Batch, build_batch, pair_texts, tokenize_pairs  # noqa: E402
 from raystep.train.reference import attach, score_pairs  # noqa: E402
-from raystep.train.step import StepSettings, branch_logps, dpo_step  # noqa: E402
 
 SIZES: dict[str, dict[str, int]] = {
     # hidden, layers, heads, kv heads, intermediate, vocab (absent: the tokenizer's)
@@ -141,8 +143,9 @@ def data_file(arg: str | None) -> Path | None:
 
 def make_pairs(args: argparse.Namespace, tmp: str) -> tuple[list[dict], Any, str]:
     """Pair rows, a BPE tokenizer trained on their text, and where they came from."""
+    from sample_pairs import gsm8k_pairs, world_pairs
+
     from raystep.tiny import build_tokenizer, gsm8k_texts
-    from raystep.train.sample_pairs import gsm8k_pairs, world_pairs
 
     path = None if args.pairs_from == "world" else data_file(args.data)
     if path is None and args.pairs_from == "gsm8k":
@@ -254,10 +257,13 @@ def step_fn(setting: Setting, model: Any, ref_model: Any, trl: TrlLoss | None, d
             trl.trainer.compute_loss(model, moved).backward()
 
         return run
-    settings = StepSettings(beta=BETA)
+    # the loss fields of TrainConfig as a plain namespace: the GPU machine may lack pydantic
+    loss_knobs = SimpleNamespace(
+        mode="stepdpo", loss="sigmoid", beta=BETA, label_smoothing=0.0, nll_weight=0.0
+    )
 
     def run(batch: Batch) -> None:
-        dpo_step(model, batch.to(device), settings, ref_model if setting.live else None).loss.backward()
+        batch_loss(model, batch.to(device), loss_knobs, ref_model if setting.live else None).loss.backward()
 
     return run
 

@@ -7,11 +7,13 @@ from ``../shared/data`` (seconds), saved and loaded through the same HF paths a 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO / "jobs"))  # sample_pairs.py: fixture pairs shared with jobs/bench_train.py
 
 
 def data_dir() -> Path:

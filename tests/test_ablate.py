@@ -107,8 +107,8 @@ def test_sft_loss_is_per_token_nll_of_chosen_and_ignores_rejected():
 
 def test_pair_texts_by_mode():
     from raystep.steps import build_prompt
+    from raystep.train.batch_loss import loss_type
     from raystep.train.pairs import pair_texts
-    from raystep.train.step import StepSettings
 
     row = {
         "prompt": "Ann has 3 pens.",
@@ -128,8 +128,8 @@ def test_pair_texts_by_mode():
     assert sft[0] == head and sft[0] + sft[1] == whole + row["full_chosen"]
     assert sft[0] + sft[2] == whole + row["full_rejected"]
     cfg = load_config(None, ["train.mode=sft"]).train
-    assert StepSettings.from_train_config(cfg).loss_type == "sft"
-    assert StepSettings.from_train_config(load_config(None, []).train).loss_type == "sigmoid"
+    assert loss_type(cfg) == "sft"
+    assert loss_type(load_config(None, []).train) == "sigmoid"
 
 
 # ---- the ablation's and the sweep's pure parts -----------------------------------------------------------

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from sample_pairs import gsm8k_pairs  # jobs/sample_pairs.py (on sys.path via conftest)
 
 from raystep.train import attention as attn
+from raystep.train.batch_loss import branch_logps
 from raystep.train.pairs import build_batch, expand_segments, tokenize_pairs
 from raystep.train.plan import TrainPlan
-from raystep.train.sample_pairs import gsm8k_pairs
-from raystep.train.step import branch_logps
 
 REPO = Path(__file__).resolve().parents[1]
 PER_ROW = 3

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from sample_pairs import gsm8k_pairs  # jobs/sample_pairs.py (on sys.path via conftest)
 
+from raystep.config import TrainConfig
 from raystep.records import read_jsonl
 from raystep.steps import build_prompt
+from raystep.train.batch_loss import batch_loss, branch_logps
 from raystep.train.loss import preference_loss
 from raystep.train.metrics import StepLog
 from raystep.train.pairs import build_batch, pack_rows, tokenize_pair, tokenize_pairs
 from raystep.train.plan import TrainPlan, digest
 from raystep.train.reference import score_pairs
-from raystep.train.sample_pairs import gsm8k_pairs
-from raystep.train.step import StepSettings, branch_logps, dpo_step
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +183,7 @@ def test_ipo_loss_and_nll_term():
         preference_loss(pc, pr, rc, rr, beta=0.5, loss_type="hinge")
 
 
-def test_dpo_step_backward_with_precomputed_reference(model_and_tokenizer, rows):
+def test_batch_loss_backward_with_precomputed_reference(model_and_tokenizer, rows):
     model, tok = model_and_tokenizer
     pairs = tokenize_pairs(rows[:4], tok, template="qwen2-boxed")
     table = score_pairs(model, pairs, batch_pairs=3)
@@ -194,12 +195,12 @@ def test_dpo_step_backward_with_precomputed_reference(model_and_tokenizer, rows)
         assert split[k] == pytest.approx(table[k], abs=1e-3)
     for p in pairs:
         p.ref_chosen_logp, p.ref_rejected_logp = table[p.index]
-    out = dpo_step(model, build_batch(pairs, "shared"), StepSettings(beta=0.5))
+    out = batch_loss(model, build_batch(pairs, "shared"), TrainConfig(beta=0.5))
     assert out.loss.item() == pytest.approx(math.log(2), abs=1e-4)  # policy == reference
     # fresh pairs carry no reference, so only the ref_model pass can give policy == reference
     live_batch = build_batch(tokenize_pairs(rows[:4], tok, template="qwen2-boxed"), "shared")
     assert live_batch.ref_logps is None
-    live = dpo_step(model, live_batch, StepSettings(beta=0.5), ref_model=model)
+    live = batch_loss(model, live_batch, TrainConfig(beta=0.5), ref_model=model)
     assert live.loss.item() == pytest.approx(math.log(2), abs=1e-5)
     out.loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

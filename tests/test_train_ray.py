@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from sample_pairs import gsm8k_pairs  # jobs/sample_pairs.py (on sys.path via conftest)
 
 from raystep.config import load_config
 from raystep.records import read_jsonl, read_parquet, write_jsonl
 from raystep.train.plan import TrainPlan, digest
-from raystep.train.sample_pairs import gsm8k_pairs
 
 N_PAIRS, GLOBAL, MICRO, EPOCHS, EVERY = 16, 8, 2, 3, 2
 TOTAL = N_PAIRS // GLOBAL * EPOCHS  # 6 optimizer steps
@@ -98,8 +98,8 @@ def test_worker_killed_mid_run_resumes_without_losing_or_repeating_steps(faulty_
 def test_zero3_training_raises_reward_accuracy(faulty_run, tiny_model: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from raystep.train.batch_loss import branch_logps
     from raystep.train.pairs import build_batch, tokenize_pairs
-    from raystep.train.step import branch_logps
 
     stats, run_dir, _ = faulty_run
     rows = read_jsonl(run_dir / "train" / "metrics.jsonl")

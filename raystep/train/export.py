@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from raystep.config import RunConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -109,3 +112,36 @@ def consolidate_checkpoint(
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+
+
+def export_run(
+    engine: Any, config: RunConfig, model_dir: str | os.PathLike[str], train_dtype: torch.dtype
+) -> None:
+    """Gather the trained weights (a collective: every rank calls it) and write ``model_dir`` on rank 0.
+
+    The folder is written beside and renamed into place, so a crash mid-export never leaves half a model;
+    ``model.dtype: auto`` exports in the training dtype.
+    """
+    import shutil
+
+    import torch.distributed as dist
+
+    state_dict = gather_state_dict(engine, config.train.zero_stage)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0 and state_dict is not None:
+        final = Path(model_dir)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_hf_model(
+            state_dict,
+            config.model.path,
+            tmp,
+            tokenizer_path=config.model.tokenizer or config.model.path,
+            dtype=DTYPES.get(config.model.dtype, train_dtype),
+            lora=config.train.lora if config.train.lora.enabled else None,
+            trust_remote_code=config.model.trust_remote_code,
+        )
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    if dist.is_initialized():
+        dist.barrier()

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from raystep.records import append_jsonl, read_jsonl, write_jsonl
 
@@ -88,6 +90,74 @@ def flops_utilisation(flops: float, seconds: float, device_name: str, num_device
     if peak is None or seconds <= 0:
         return None
     return flops / seconds / (peak * num_devices)
+
+
+DEVICE_SUMS = ("loss", "chosen", "rejected", "margin", "correct")
+HOST_SUMS = ("pairs", "tokens", "flops", "micro_batches", "padded_tokens")
+
+
+@dataclass
+class StepTotals:
+    """One optimizer step's sums over a rank's micro-batches (loss and rewards weighted by pairs).
+
+    The loss and reward sums stay on the device until the step ends, so a step costs one all-reduce and
+    one device-to-host copy (``all_reduce``), not a sync per micro-batch.
+    """
+
+    device: torch.device
+    on_device: torch.Tensor = field(init=False)
+    pairs: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    micro_batches: int = 0
+    padded_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.on_device = torch.zeros(len(DEVICE_SUMS), dtype=torch.float64, device=self.device)
+
+    def add(self, out: Any, batch: Any, flop_count: FlopCount) -> None:
+        """Add one micro-batch: ``out`` a ``LossOutput``, ``batch`` the ``Batch`` it came from."""
+        n = batch.num_pairs
+        parts = (
+            out.loss.detach() * n,
+            out.chosen_rewards.sum(),
+            out.rejected_rewards.sum(),
+            out.margins.sum(),
+            (out.margins > 0).sum(),
+        )
+        self.on_device += torch.stack([p.to(torch.float64) for p in parts])
+        self.pairs += n
+        self.tokens += batch.real_tokens
+        self.flops += flop_count.flops(batch.real_tokens, batch.logit_positions, batch.attended)
+        self.micro_batches += 1
+        self.padded_tokens += batch.padded_tokens
+
+    def all_reduce(self) -> dict[str, float]:
+        """The sums over all ranks, by name (``DEVICE_SUMS`` + ``HOST_SUMS``)."""
+        import torch.distributed as dist
+
+        host = [float(getattr(self, name)) for name in HOST_SUMS]
+        values = torch.cat([self.on_device, torch.tensor(host, dtype=torch.float64, device=self.device)])
+        if dist.is_initialized():
+            dist.all_reduce(values)
+        return dict(zip(DEVICE_SUMS + HOST_SUMS, values.cpu().tolist(), strict=True))
+
+
+def step_metrics(sums: dict[str, float], seconds: float) -> dict[str, Any]:
+    """The step log's loss, reward, token and throughput fields from a step's all-reduced sums."""
+    pairs = sums["pairs"]
+    return {
+        "loss": sums["loss"] / pairs,
+        "rewards/chosen": sums["chosen"] / pairs,
+        "rewards/rejected": sums["rejected"] / pairs,
+        "rewards/margin": sums["margin"] / pairs,
+        "rewards/accuracy": sums["correct"] / pairs,
+        "pairs": int(pairs),
+        "tokens": int(sums["tokens"]),
+        "padding": 1 - sums["tokens"] / sums["padded_tokens"],
+        "seconds": seconds,
+        "tokens_per_s": sums["tokens"] / seconds,
+    }
 
 
 class StepLog:

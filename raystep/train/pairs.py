@@ -16,7 +16,7 @@ Two batch layouts give the same per-pair log-probs:
   mask, a flex ``BlockMask`` or per-span ``sdpa`` (``varlen``), so packing need not cost the square of the row.
 
 Both produce a ``Batch`` whose targets say, for every step token, which position's logits predict it and
-which pair/branch it belongs to, so one function (``raystep.train.step.branch_logps``) sums log-probs
+which pair/branch it belongs to, so one function (``raystep.train.batch_loss.branch_logps``) sums log-probs
 for either layout.
 """
 

@@ -11,6 +11,10 @@ import functools
 import hashlib
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from raystep.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,21 @@ class TrainPlan:
     epochs: int
     seed: int = 42
     max_steps: int | None = None
+
+    @classmethod
+    def for_run(cls, train: TrainConfig, num_pairs: int, world_size: int) -> TrainPlan:
+        """The plan of a run: batch sizes, epochs, seed and step cap from ``train``, checked."""
+        plan = cls(
+            num_pairs=num_pairs,
+            global_batch_size=train.global_batch_size,
+            micro_batch_size=train.micro_batch_size,
+            world_size=world_size,
+            epochs=train.epochs,
+            seed=train.seed,
+            max_steps=train.max_steps,
+        )
+        plan.check()
+        return plan
 
     @property
     def grad_accum(self) -> int:

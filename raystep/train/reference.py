@@ -19,8 +19,8 @@ import torch
 
 from raystep.records import read_parquet, write_parquet
 from raystep.train.attention import Attention
+from raystep.train.batch_loss import branch_logps
 from raystep.train.pairs import TokenizedPair, build_batch
-from raystep.train.step import branch_logps
 
 RefTable = dict[int, tuple[float, float]]
 """pair index -> (ref chosen logp, ref rejected logp)."""

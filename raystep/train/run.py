@@ -18,7 +18,7 @@ from typing import Any
 from raystep.config import ConfigError, RunConfig
 from raystep.records import Rejects, read_rows
 from raystep.runs import RunDir, timed_stage
-from raystep.train.loop import LoopSettings, tokenize_settings_pairs, train_loop
+from raystep.train.loop import WorkerJob, load_tokenizer, tokenize_run_pairs, train_loop
 from raystep.train.plan import TrainPlan
 
 FAULT_ENV = "RAYSTEP_TRAIN_FAULT"
@@ -61,64 +61,25 @@ def load_pairs(config: RunConfig, run_dir: RunDir) -> tuple[list[dict[str, Any]]
     return rows, path, rejects
 
 
-def loop_settings(config: RunConfig, rows: list[dict[str, Any]], run_dir: RunDir) -> LoopSettings:
-    t = config.train
+def worker_job(config: RunConfig, rows: list[dict[str, Any]], run_dir: RunDir) -> WorkerJob:
+    """The config as pydantic JSON (tracking URI resolved here, on the driver), the rows and the run folder."""
+    uri = (
+        config.train.tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{run_dir.path / 'mlflow.db'}"
+    )
+    shipped = config.model_copy(update={"train": config.train.model_copy(update={"tracking_uri": uri})})
     fault = None
     if os.environ.get(FAULT_ENV):
         step, rank, marker = os.environ[FAULT_ENV].split(":", 2)
         fault = {"step": int(step), "rank": int(rank), "marker": marker}
-    return LoopSettings(
-        model_path=config.model.path,
-        tokenizer_path=config.model.tokenizer or config.model.path,
-        template=config.model.template,
-        rows=rows,
-        train_dir=str(run_dir.stage("train")),
-        model_dir=str(run_dir.path / "model"),
-        mode=t.mode,
-        loss=t.loss,
-        beta=t.beta,
-        label_smoothing=t.label_smoothing,
-        nll_weight=t.nll_weight,
-        reference=t.reference,
-        prefix_sharing=t.prefix_sharing,
-        pack_tokens=t.pack_tokens,
-        attention=t.attention,
-        learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay,
-        lr_scheduler=t.lr_scheduler,
-        warmup_ratio=t.warmup_ratio,
-        epochs=t.epochs,
-        max_steps=t.max_steps,
-        global_batch_size=t.global_batch_size,
-        micro_batch_size=t.micro_batch_size,
-        max_length=t.max_length,
-        max_prompt_length=t.max_prompt_length,
-        use_gpu=t.use_gpu,
-        zero_stage=t.zero_stage,
-        offload=t.offload,
-        precision=t.precision,
-        gradient_checkpointing=t.gradient_checkpointing,
-        checkpoint_every_steps=t.checkpoint_every_steps,
-        seed=t.seed,
-        model_dtype=config.model.dtype,
-        trust_remote_code=config.model.trust_remote_code,
-        lora=t.lora.model_dump() if t.lora.enabled else None,
-        log_to=list(t.log_to),
-        tracking_uri=t.tracking_uri
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or f"sqlite:///{run_dir.path / 'mlflow.db'}",
-        tracking_dir=str(run_dir.path),
-        run_name=config.name,
-        fault=fault,
-    )
+    run_dir.stage("train")
+    return WorkerJob(config=shipped.model_dump_json(), rows=rows, run_dir=str(run_dir.path), fault=fault)
 
 
-def token_stats(settings: LoopSettings) -> dict[str, Any]:
+def token_stats(config: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Truncation counts and the tokens each layout processes, from the driver's own tokenization."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(settings.tokenizer_path, trust_remote_code=settings.trust_remote_code)
-    pairs = tokenize_settings_pairs(settings, tok)
+    pairs = tokenize_run_pairs(config, rows, load_tokenizer(config.model))
     shared = sum(p.shared_tokens for p in pairs)
     two = sum(p.two_sequence_tokens for p in pairs)
     return {
@@ -131,7 +92,7 @@ def token_stats(settings: LoopSettings) -> dict[str, Any]:
     }
 
 
-def fit(config: RunConfig, settings: LoopSettings) -> Any:
+def fit(config: RunConfig, job: WorkerJob) -> Any:
     """Build and run the ``TorchTrainer``; returns Ray's ``Result``."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
@@ -145,10 +106,10 @@ def fit(config: RunConfig, settings: LoopSettings) -> Any:
         raise ConfigError(
             "train.use_gpu is true but the Ray cluster has no GPU; set train.use_gpu=false for CPU"
         )
-    storage = t.checkpoint_storage or settings.train_dir
+    storage = t.checkpoint_storage or str(job.train_dir)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=settings.as_dict(),
+        train_loop_config=job.as_dict(),
         scaling_config=ScalingConfig(
             num_workers=t.num_workers,
             use_gpu=t.use_gpu,
@@ -184,17 +145,8 @@ def run(config: RunConfig) -> dict[str, Any]:
     run_dir.record_config(config)
     with timed_stage(run_dir, "train") as stats:
         rows, source, rejects = load_pairs(config, run_dir)
-        settings = loop_settings(config, rows, run_dir)
-        plan = TrainPlan(
-            len(rows),
-            config.train.global_batch_size,
-            config.train.micro_batch_size,
-            config.train.num_workers,
-            config.train.epochs,
-            config.train.seed,
-            config.train.max_steps,
-        )
-        plan.check()
+        job = worker_job(config, rows, run_dir)
+        plan = TrainPlan.for_run(config.train, len(rows), config.train.num_workers)
         stats.update(
             pairs=len(rows),
             pairs_source=str(source),
@@ -203,14 +155,14 @@ def run(config: RunConfig) -> dict[str, Any]:
             effective_batch_size=plan.effective_batch_size,
             grad_accum=plan.grad_accum,
         )
-        stats.update(token_stats(settings))
-        result = fit(config, settings)
+        stats.update(token_stats(config, rows))
+        result = fit(config, job)
         from raystep.train.metrics import StepLog, summarize
 
-        log_rows = StepLog(settings.train_dir).rows()
+        log_rows = StepLog(job.train_dir).rows()
         stats.update(summarize(log_rows))
         stats["checkpoint"] = result.checkpoint.path if result.checkpoint else None
-        stats["model_dir"] = settings.model_dir
+        stats["model_dir"] = str(job.model_dir)
         stats["training_digest"] = training_digest(config)
         stats["error"] = None  # clears the error an earlier, failed attempt left in the manifest
     return stats

@@ -1,4 +1,4 @@
-"""Step-DPO-shaped pairs made from GSM8K worked answers, for tests and benchmarks.
+"""Step-DPO-shaped pairs made from GSM8K worked answers, for the tests and ``bench_train.py``.
 
 Real pairs come from the collect -> localize -> rectify stages; these are a stand-in with the same shape
 (a prefix of several correct steps, the true next step as chosen, the same step with one number changed

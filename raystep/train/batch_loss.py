@@ -1,14 +1,13 @@
-"""One Step-DPO training step, callable without Ray (the loop, the benchmark and tests share it).
+"""The Step-DPO loss of one batch of pairs, callable without Ray (the loop, the benchmark and tests share it).
 
-``branch_logps`` turns a ``Batch`` (either layout) into per-branch summed log-probs; ``dpo_step`` adds
-the reference and the loss. The model is anything that takes HF ``forward`` keyword arguments and
+``branch_logps`` turns a ``Batch`` (either layout) into per-branch summed log-probs; ``batch_loss`` adds
+the reference and the loss (the caller runs backward and the optimizer step). The model is anything that takes HF ``forward`` keyword arguments and
 returns ``.logits``: a plain ``PreTrainedModel``, a peft model or a DeepSpeed engine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -51,19 +50,20 @@ def branch_logps(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return sums, counts
 
 
-@dataclass
-class StepSettings:
-    """The loss knobs of ``TrainConfig`` a step needs."""
+class LossKnobs(Protocol):
+    """The loss fields of ``raystep.config.TrainConfig`` a batch needs (the config itself is passed in;
+    the pydantic-free benchmark passes a plain namespace with the same fields)."""
 
-    beta: float = 0.5
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
-    nll_weight: float = 0.0
+    mode: str
+    loss: str
+    beta: float
+    label_smoothing: float
+    nll_weight: float
 
-    @classmethod
-    def from_train_config(cls, train: Any) -> StepSettings:
-        loss = "sft" if getattr(train, "mode", "stepdpo") == "sft" else train.loss
-        return cls(train.beta, loss, train.label_smoothing, train.nll_weight)
+
+def loss_type(train: LossKnobs) -> str:
+    """``sft`` mode trains on the chosen branch alone, whatever ``train.loss`` says."""
+    return "sft" if train.mode == "sft" else train.loss
 
 
 def reference_logps(batch: Batch, ref_model: Any | None) -> torch.Tensor:
@@ -77,7 +77,7 @@ def reference_logps(batch: Batch, ref_model: Any | None) -> torch.Tensor:
     return logps.detach()
 
 
-def dpo_step(model: Any, batch: Batch, settings: StepSettings, ref_model: Any | None = None) -> LossOutput:
+def batch_loss(model: Any, batch: Batch, train: LossKnobs, ref_model: Any | None = None) -> LossOutput:
     """Forward the policy, fetch the reference, and return the loss (call ``.backward()`` on ``.loss``)."""
     ref = reference_logps(batch, ref_model)
     logps, counts = branch_logps(model, batch)
@@ -87,9 +87,9 @@ def dpo_step(model: Any, batch: Batch, settings: StepSettings, ref_model: Any | 
         logps[1::2],
         ref[0::2],
         ref[1::2],
-        beta=settings.beta,
-        loss_type=settings.loss_type,
-        label_smoothing=settings.label_smoothing,
-        nll_weight=settings.nll_weight,
+        beta=train.beta,
+        loss_type=loss_type(train),
+        label_smoothing=train.label_smoothing,
+        nll_weight=train.nll_weight,
         chosen_tokens=counts[0::2],
     )
