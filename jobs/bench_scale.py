@@ -58,7 +58,7 @@ def object_store() -> dict[str, float]:
 def one_size(root: str, policy: str, multiple: int) -> dict[str, Any]:
     """collect -> localize -> rectify for ``multiple`` x the demo's problems, in this process."""
     from raystep.config import load_config
-    from raystep.demo import demo_overrides
+    from raystep.experiments.demo import demo_overrides
     from raystep.local_ray import ensure_ray
     from raystep.stages import collect, localize, rectify
 
@@ -163,7 +163,7 @@ def million_case(rows: int) -> dict[str, Any]:
 
 def ensure_policy_dir(root: str) -> str:
     from raystep.config import load_config
-    from raystep.demo import demo_overrides, policy_settings
+    from raystep.experiments.demo import demo_overrides, policy_settings
     from raystep.synth.policy import ensure_policy
 
     config = load_config(None, demo_overrides("full", 8321))

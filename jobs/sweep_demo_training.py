@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from raystep.config import load_config
-from raystep.demo import demo_overrides, ensure_ray, test_problems
+from raystep.experiments.demo import demo_overrides, ensure_ray, test_problems
 from raystep.steps import split_steps
 from raystep.synth.policy import evaluate_policy
 from raystep.synth.verify import first_wrong_step, parse_question

@@ -11,7 +11,8 @@ import argparse
 import importlib
 import sys
 
-from raystep.config import ConfigError, RunConfig, load_config
+from raystep.config import ConfigError
+from raystep.config_args import add_config_arguments, config_from_args
 from raystep.errors import BAD_INPUT, BROKEN, INTERRUPTED, ROWS_FAILED, InputError, RowsFailedError
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,34 +26,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("raystep.evaluate.compare", "paired comparison of two evaluations (McNemar)"),
     "report": ("raystep.report.run", "RUN/report/index.html: pairs, stages, curves and evals offline"),
     "pipeline": ("raystep.pipeline", "collect -> localize -> rectify -> train in one run"),
-    "demo": ("raystep.demo", "the whole loop on a built-in arithmetic world, on a local CPU Ray"),
+    "demo": ("raystep.experiments.demo", "the whole loop on a built-in arithmetic world, on a local CPU Ray"),
     "ablate": (
-        "raystep.synth.ablate",
+        "raystep.experiments.ablate",
         "no training, SFT, DPO, Step-DPO (gold / own steps) on an arithmetic world, over seeds",
     ),
     "sweep": (
-        "raystep.synth.sweep",
+        "raystep.experiments.sweep",
         "learning rate and beta per method on the arithmetic world's valid split",
     ),
     "config": ("raystep.cli", "print the resolved run config (defaults, file and --set applied)"),
 }
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config`` and ``--set``: every command that reads a run config takes these."""
-    parser.add_argument("--config", "-c", help="run config YAML (see jobs/configs/)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set train.beta=0.4 (repeatable)",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    return load_config(getattr(args, "config", None), getattr(args, "overrides", []))
 
 
 # `raystep config` itself

@@ -13,8 +13,8 @@ import sys
 import time
 from typing import Any
 
-from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
+from raystep.config_args import add_config_arguments, config_from_args
 from raystep.errors import ROWS_FAILED
 from raystep.runs import RunDir, report_failures
 

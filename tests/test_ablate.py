@@ -149,7 +149,7 @@ def _fake_seed(seed: int, rnd: int, acc: dict[str, float]) -> dict:
 
 
 def test_summary_pairs_every_arm_with_step_dpo_and_tracks_rounds():
-    from raystep.synth.ablate_report import ARMS, METHOD, render, summarize
+    from raystep.experiments.ablate_report import ARMS, METHOD, render, summarize
 
     cfg = load_config(None, ["data.source=synth"])
     rows = []
@@ -169,8 +169,8 @@ def test_summary_pairs_every_arm_with_step_dpo_and_tracks_rounds():
 
 
 def test_sweep_grid_and_best_settings(tmp_path):
-    from raystep.synth.ablate import load_tuned
-    from raystep.synth.sweep import best_per_mode, grid
+    from raystep.experiments.ablate import load_tuned
+    from raystep.experiments.sweep import best_per_mode, grid
 
     points = grid(["sft", "stepdpo"], [1e-4, 2e-4], [0.1, 0.5])
     assert [p["mode"] for p in points] == ["sft", "sft", "stepdpo", "stepdpo", "stepdpo", "stepdpo"]
@@ -188,7 +188,7 @@ def test_sweep_grid_and_best_settings(tmp_path):
 
 
 def test_arm_configs_share_the_pairs_and_differ_in_mode_and_tuned_settings(tmp_path):
-    from raystep.synth.ablate import ablate_overrides, arm_config, round_config
+    from raystep.experiments.ablate import ablate_overrides, arm_config, round_config
 
     base = load_config(None, [*ablate_overrides(True), f"storage.root={tmp_path}", "name=ab"])
     data = round_config(base, "ab", 3, 2, "/p")
@@ -221,8 +221,8 @@ def test_pipeline_rounds_need_the_train_stage():
 
 
 def test_a_run_of_some_arms_reports_those_arms_only(tmp_path):
-    from raystep.synth.ablate import run
-    from raystep.synth.ablate_report import METHOD, plot, render, summarize
+    from raystep.experiments.ablate import run
+    from raystep.experiments.ablate_report import METHOD, plot, render, summarize
 
     cfg = load_config(None, ["data.source=synth", "eval.limit=4"])
     with pytest.raises(ValueError, match=r"unknown arms \['ppo'\]"):
@@ -249,7 +249,7 @@ def test_tiny_ablation_end_to_end(tmp_path, ray_local, monkeypatch):
     left out (``optional=[]``): each adds a training and an engine start."""
     import socket
 
-    from raystep.synth.ablate import ablate_overrides, run
+    from raystep.experiments.ablate import ablate_overrides, run
 
     with socket.socket() as sock:  # a free port for the served models
         sock.bind(("127.0.0.1", 0))

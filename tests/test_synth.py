@@ -263,7 +263,7 @@ def test_short_warmup_learns_the_step_format_and_is_cached(tmp_path):
 
 
 def test_demo_settings_are_a_valid_run_config_and_user_overrides_win():
-    from raystep.demo import SIZES, demo_overrides
+    from raystep.experiments.demo import SIZES, demo_overrides
 
     for size in SIZES:
         cfg = load_config(None, demo_overrides(size, 8399))
@@ -278,7 +278,7 @@ def test_demo_settings_are_a_valid_run_config_and_user_overrides_win():
 
 
 def test_demo_rounds_run_apart_from_the_last_rounds_model_and_report_each_round(tmp_path):
-    from raystep.demo import did_nothing, render_report, round_config
+    from raystep.experiments.demo import did_nothing, render_report, round_config
 
     cfg = load_config(None, ["data.source=synth", f"storage.root={tmp_path}", "name=d", "sampling.seed=5"])
     r3 = round_config(cfg, 3, str(tmp_path / "r2-model"))
@@ -316,7 +316,7 @@ def test_demo_rounds_run_apart_from_the_last_rounds_model_and_report_each_round(
 @pytest.mark.slow
 def test_quick_demo_runs_the_whole_loop(tmp_path, ray_local):
     """warm-up -> collect -> localize -> rectify -> Ray Train + DeepSpeed -> Serve -> openai eval -> report."""
-    from raystep.demo import demo_overrides, run
+    from raystep.experiments.demo import demo_overrides, run
 
     cfg = load_config(None, [*demo_overrides("quick", 8397), f"storage.root={tmp_path}"])
     report = run(cfg, "quick", progress=False)

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
+from raystep.config_args import add_config_arguments, config_from_args
 from raystep.datasets import BENCHMARKS
 from raystep.errors import ROWS_FAILED
 from raystep.runs import RunDir, timed_stage

@@ -15,8 +15,8 @@ import socket
 import sys
 import time
 
-from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
+from raystep.config_args import add_config_arguments, config_from_args
 from raystep.serve.llm import (
     VLLM_HINT,
     build_llm_app,

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from raystep import steps
-from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
+from raystep.config_args import add_config_arguments, config_from_args
 from raystep.engines import config_and_tokenizer, sampling_defaults
 from raystep.engines.base import fan_out, normalize_sampling
 from raystep.engines.graded import graded_dataset

@@ -430,7 +430,7 @@ def markdown_tables(report: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from raystep.cli import add_config_arguments
+    from raystep.config_args import add_config_arguments
 
     add_config_arguments(parser)
     parser.add_argument(
@@ -460,7 +460,7 @@ def _csv(value: str | None) -> list[str] | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from raystep.cli import config_from_args
+    from raystep.config_args import config_from_args
 
     config = config_from_args(args)
     if args.samples:

@@ -33,8 +33,8 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from raystep import steps
-from raystep.cli import add_config_arguments, config_from_args
 from raystep.config import RunConfig
+from raystep.config_args import add_config_arguments, config_from_args
 from raystep.engines import config_and_tokenizer
 from raystep.engines.base import derive_seed, make_sampling
 from raystep.engines.graded import graded_dataset

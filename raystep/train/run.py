@@ -169,14 +169,14 @@ def run(config: RunConfig) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from raystep.cli import add_config_arguments
+    from raystep.config_args import add_config_arguments
 
     add_config_arguments(parser)
     parser.add_argument("--pairs", help="pair file or folder (overrides train.pairs)")
 
 
 def main(args: argparse.Namespace) -> int:
-    from raystep.cli import config_from_args
+    from raystep.config_args import config_from_args
 
     config = config_from_args(args)
     if args.pairs:

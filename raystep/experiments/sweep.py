@@ -17,8 +17,8 @@ import time
 from typing import Any
 
 from raystep.config import RunConfig
+from raystep.experiments import ablate
 from raystep.runs import RunDir
-from raystep.synth import ablate
 
 MODES = ("sft", "dpo", "stepdpo")
 
@@ -53,7 +53,7 @@ def run(
     betas: list[float],
     progress: bool = True,
 ) -> dict[str, Any]:
-    from raystep import demo
+    from raystep.experiments import demo
     from raystep.local_ray import ensure_ray
     from raystep.synth.policy import ensure_policy, settings_from_config
 
@@ -122,7 +122,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from raystep.cli import add_config_arguments
+    from raystep.config_args import add_config_arguments
 
     add_config_arguments(parser)
     parser.add_argument("--seed", type=int, default=100, help="sampling seed of the sweep's pairs")

@@ -37,11 +37,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from raystep.cli import add_config_arguments
 from raystep.config import RunConfig, apply_overrides, load_config
+from raystep.config_args import add_config_arguments
 from raystep.errors import RowsFailedError
+from raystep.experiments.ablate_report import ARMS, METHOD, METRICS, OPTIONAL, plot, render, summarize
 from raystep.runs import RunDir
-from raystep.synth.ablate_report import ARMS, METHOD, METRICS, OPTIONAL, plot, render, summarize
 
 
 def with_overrides(config: RunConfig, items: list[str]) -> RunConfig:
@@ -69,7 +69,7 @@ would cut them off."""
 def ablate_overrides(quick: bool) -> list[str]:
     """The demo's settings on the story world, localized by the verifier alone (the rollouts are the
     demo's comparison), with the ablation's warm-up and 200 held-out problems."""
-    from raystep import demo
+    from raystep.experiments import demo
 
     size = "quick" if quick else "full"
     return [
@@ -149,7 +149,7 @@ def served(config: RunConfig, model_dir: str, needed: bool = True) -> Iterator[s
     """``model_dir`` served with ``ray.serve.llm`` (the demo's serving) while the block runs; yields its
     URL, or None when ``needed`` is false (the block's work is all done: no engine start)."""
     from raystep.console import quiet_libraries
-    from raystep.demo import eval_config as serve_config
+    from raystep.experiments.demo import eval_config as serve_config
     from raystep.serve import run as serve_run
 
     if not needed:
@@ -165,7 +165,7 @@ def served(config: RunConfig, model_dir: str, needed: bool = True) -> Iterator[s
 
 def through(cfg: RunConfig, url: str | None) -> RunConfig:
     """``cfg`` sampling from the model served at ``url`` (unchanged without one: nothing left to sample)."""
-    from raystep.demo import served_config
+    from raystep.experiments.demo import served_config
 
     return served_config(cfg, url) if url else cfg
 
@@ -280,7 +280,7 @@ def run(
     if unknown:
         raise ValueError(f"unknown arms {unknown}: choose from {sorted(OPTIONAL)}")
     chosen = {OPTIONAL[k] for k in (OPTIONAL if optional is None else optional)} | {METHOD}
-    from raystep import demo
+    from raystep.experiments import demo
     from raystep.local_ray import ensure_ray
     from raystep.synth.policy import ensure_policy, settings_from_config
 

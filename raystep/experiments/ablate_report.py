@@ -1,7 +1,7 @@
 """The ablation's report: means over seeds with t-intervals, Step-DPO's paired differences, rounds,
 the taxonomy of every arm's greedy failures; one markdown table (and two small ones) and one plot.
 
-Kept apart from the orchestration (``raystep.synth.ablate``) so it can be rendered, and tested, from a
+Kept apart from the orchestration (``raystep.experiments.ablate``) so it can be rendered, and tested, from a
 finished ``ablate.json`` alone.
 """
 

@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from raystep.cli import add_config_arguments
 from raystep.config import DataConfig, RunConfig, load_config
+from raystep.config_args import add_config_arguments
 from raystep.console import quiet_libraries
 from raystep.errors import RowsFailedError
 from raystep.local_ray import ensure_ray
