@@ -260,7 +260,7 @@ class SamplingConfig(Section):
     """Base seed; each sample's seed derives from it, so reruns reproduce."""
     batch_size: int = Field(default=128, ge=1)
     """Rows per engine call (Ray Data batch size). On vLLM, small batches cost throughput: on the 2-core
-    VM 16 reached 0.55-0.68x of a direct ``vllm.LLM`` call, 128 0.9x (``jobs/bench_generation.py``)."""
+    VM 16 reached 0.55-0.68x of a direct ``vllm.LLM`` call, 128 0.9x (``benchmarks/bench_generation.py``)."""
     concurrency: int = Field(default=1, ge=1)
     """Engine replicas (Ray Data actors)."""
     shard_size: int = Field(default=256, ge=1)

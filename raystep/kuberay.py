@@ -154,8 +154,8 @@ def raycluster(shape: ClusterShape) -> dict[str, Any]:
 def rayjob(
     shape: ClusterShape, config_file: str, job: str = "pipeline", extra_args: str = ""
 ) -> dict[str, Any]:
-    """A RayJob that brings up its own cluster, runs one entrypoint of ``jobs/``, and tears it down."""
-    entry = f"python /app/jobs/{job}.py --config /app/{config_file} --set storage.root={RUNS_MOUNT}"
+    """A RayJob that brings up its own cluster, runs one ``raystep`` command (``job``), and tears it down."""
+    entry = f"raystep {job} --config /app/{config_file} --set storage.root={RUNS_MOUNT}"
     if extra_args:
         entry += f" {extra_args}"
     return {

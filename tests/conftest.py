@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO / "jobs"))  # sample_pairs.py: fixture pairs shared with jobs/bench_train.py
+sys.path.append(
+    str(REPO / "benchmarks")
+)  # sample_pairs.py: fixture pairs shared with benchmarks/bench_train.py
 
 
 def data_dir() -> Path:

@@ -179,7 +179,7 @@ def test_vllm_processor_config_for_cpus_comes_from_the_same_code():
     assert kwargs["engine_kwargs"]["distributed_executor_backend"] == "mp"
     assert kwargs["placement_group_config"] == {"bundles": [{"CPU": 1.0}]}
     assert kwargs["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "3"
-    # 4 x 256 rows in flight per replica, in batches of 128 (see jobs/bench_generation.py)
+    # 4 x 256 rows in flight per replica, in batches of 128 (see benchmarks/bench_generation.py)
     assert kwargs["batch_size"] == 128 and kwargs["max_concurrent_batches"] == 8
     small = load_config(None, ["engine.device=cpu", "sampling.batch_size=100", "engine.max_num_seqs=64"])
     assert vllm_engine.processor_config_kwargs(small)["max_concurrent_batches"] == 3  # ceil(256 / 100)

@@ -69,7 +69,7 @@ def test_pipeline_submitted_as_a_ray_job_succeeds_and_fills_the_run_folder(
     submit = [
         RAY, "job", "submit", "--address", address, "--no-wait",
         "--working-dir", ".", "--runtime-env", "jobs/runtime_env.yaml", "--",
-        "python", "jobs/pipeline.py", "--config", "jobs/configs/tiny-cpu.yaml",
+        "python", "-m", "raystep.cli", "pipeline", "--config", "jobs/configs/tiny-cpu.yaml",
         "--stages", "collect",
         "--set", f"storage.root={storage}", "--set", f"model.path={tiny_model}",
         "--set", f"data.path={shared_data / 'gsm8k' / 'train.jsonl'}", "--set", "data.limit=4",

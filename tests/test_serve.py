@@ -361,7 +361,7 @@ def test_16_small_requests_are_served_while_a_maximal_request_is_served(server: 
     """The biggest request the limits allow (a prompt and completions filling the context, as many
     completions as one request may ask) is kept in flight, one after another, while 16 small requests
     run side by side: all are answered while it runs. How much slower they are is a number for the
-    benchmark (``jobs/bench_serve.py`` prints the ratio), not a timed test."""
+    benchmark (``benchmarks/bench_serve.py`` prints the ratio), not a timed test."""
     tok = reference.tokenizer
     prompt = tok.decode(tok(" ".join(PROMPTS * 8))["input_ids"][: CONTEXT // 2])
     room = CONTEXT - len(tok(prompt)["input_ids"]) - 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from sample_pairs import gsm8k_pairs  # jobs/sample_pairs.py (on sys.path via conftest)
+from sample_pairs import gsm8k_pairs  # benchmarks/sample_pairs.py (on sys.path via conftest)
 
 from raystep.train import attention as attn
 from raystep.train.batch_loss import branch_logps
@@ -85,7 +85,7 @@ def test_flex_block_mask_log_probs_and_gradients_equal_two_sequence(
 
     torch refuses flex backward on CPU with a device check (its compiled CPU kernel has no backward); the
     eager path underneath is flex's reference math and differentiates fine, so the check is lifted here
-    to test the mask's gradients. On CUDA the fused kernels run (``jobs/bench_train.py --check``).
+    to test the mask's gradients. On CUDA the fused kernels run (``benchmarks/bench_train.py --check``).
     """
     import torch.nn.attention.flex_attention as fa
 
@@ -191,7 +191,7 @@ def test_bench_runs_without_ray_deepspeed_or_pydantic(tmp_path, shared_data):
         "for m in ('ray', 'deepspeed', 'pydantic', 'math_verify', 'trl'):\n"
         "    sys.modules[m] = None\n"
         f"sys.argv = ['bench_train.py', '--smoke', '--no-live', '--json', {str(tmp_path / 'out.json')!r}]\n"
-        f"runpy.run_path({str(REPO / 'jobs' / 'bench_train.py')!r}, run_name='__main__')\n"
+        f"runpy.run_path({str(REPO / 'benchmarks' / 'bench_train.py')!r}, run_name='__main__')\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path

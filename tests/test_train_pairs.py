@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from sample_pairs import gsm8k_pairs  # jobs/sample_pairs.py (on sys.path via conftest)
+from sample_pairs import gsm8k_pairs  # benchmarks/sample_pairs.py (on sys.path via conftest)
 
 from raystep.config import TrainConfig
 from raystep.records import read_jsonl

@@ -64,7 +64,7 @@ def processor_config_kwargs(config: RunConfig, device: Device | None = None) -> 
         "engine_kwargs": vllm_engine_kwargs(config, device),
         "batch_size": config.sampling.batch_size,
         # rows in flight: 4x what the engine's scheduler runs at once, so a finished batch's slots are
-        # refilled from its queue at once instead of waiting for the next batch (jobs/bench_generation.py)
+        # refilled from its queue at once instead of waiting for the next batch (benchmarks/bench_generation.py)
         "max_concurrent_batches": -(
             -ROWS_IN_FLIGHT_PER_SEQ * (config.engine.max_num_seqs or 256) // config.sampling.batch_size
         ),

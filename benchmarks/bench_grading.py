@@ -1,6 +1,6 @@
 """Grading throughput over MATH500 in several answer forms, and adversarial answers against their limit.
 
-    python jobs/bench_grading.py [--workers 2] [--timeout 5] [--limit 500]
+    python benchmarks/bench_grading.py [--workers 2] [--timeout 5] [--limit 500]
 
 Part 1 grades every MATH500 answer written in several forms (boxed, "The answer is", equivalent
 alternative forms such as ``0.5`` for ``\\frac12``) with ``--workers`` math-verify processes, once with the

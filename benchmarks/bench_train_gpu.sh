@@ -3,7 +3,7 @@
 # time limit so a stuck part cannot eat the others). Needs torch (CUDA) + transformers + tokenizers only:
 # no Ray, no DeepSpeed. Prints everything; with $OUT set, each part also writes a JSON there.
 #
-#   bash jobs/bench_train_gpu.sh
+#   bash benchmarks/bench_train_gpu.sh
 #
 # TRL (the side-by-side anchor) comes from wheels in .whl/ when the machine lacks it (see docs/training.md);
 # without it the TRL rows are left out and the reason printed.
@@ -42,7 +42,7 @@ run() {  # run LIMIT_SECONDS ARGS...: one part under its own limit
   echo; echo "=== bench_train.py $* (limit ${limit}s)"
   # BENCH_DEVICE / BENCH_EXTRA only for trying the script itself elsewhere: BENCH_DEVICE=cpu BENCH_EXTRA=--smoke
   # shellcheck disable=SC2086
-  timeout --kill-after=10 "$limit" "$PY" jobs/bench_train.py --device "${BENCH_DEVICE:-cuda}" \
+  timeout --kill-after=10 "$limit" "$PY" benchmarks/bench_train.py --device "${BENCH_DEVICE:-cuda}" \
     ${DATA[@]+"${DATA[@]}"} "$@" ${BENCH_EXTRA:-}
   local rc=$?
   [ $rc -eq 0 ] || echo "=== exit status $rc (124: time limit)"

@@ -1,9 +1,9 @@
 """Benchmark the Step-DPO training step side by side: raystep's layouts and TRL's DPOTrainer loss.
 
-    python jobs/bench_train.py                                  # CPU: small Qwen2, 64 GSM8K pairs
-    python jobs/bench_train.py --device cuda --model-size 1.5b  # GPU: Qwen2-1.5B shape, random weights, bf16
-    python jobs/bench_train.py --smoke                          # seconds: tiny model, every code path once
-    python jobs/bench_train.py --check                          # per-pair log-probs and grads vs two-sequence
+    python benchmarks/bench_train.py                                  # CPU: small Qwen2, 64 GSM8K pairs
+    python benchmarks/bench_train.py --device cuda --model-size 1.5b  # GPU: Qwen2-1.5B shape, random weights, bf16
+    python benchmarks/bench_train.py --smoke                          # seconds: tiny model, every code path once
+    python benchmarks/bench_train.py --check                          # per-pair log-probs and grads vs two-sequence
 
 Every setting runs forward + backward of the DPO loss on the same model, the same pairs and the same
 micro-batches (precomputed reference log-probs), round-robin with warm-up rounds so load drift hits them
@@ -22,7 +22,7 @@ MFU counts the model FLOPs the step needs (``raystep.train.metrics.FlopCount``):
 (N_body: weights outside embedding and LM head) + ``6 * vocab * hidden * logit positions`` (only step
 tokens go through the LM head, in raystep and in TRL) + ``12 * layers * heads * head_dim * attended``
 (query-key pairs the causal rule allows), over the device's dense bf16 peak. Only torch, transformers
-and tokenizers are needed (no Ray, no DeepSpeed): the GPU script ``jobs/bench_train_gpu.sh`` runs it.
+and tokenizers are needed (no Ray, no DeepSpeed): the GPU script ``benchmarks/bench_train_gpu.sh`` runs it.
 """
 
 from __future__ import annotations

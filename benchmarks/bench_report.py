@@ -1,7 +1,7 @@
 """The run report at scale: a synthetic run folder with 100,000 pairs, the report's size and build time,
 and a real headless Chromium's time to first render, filtering and opening a pair.
 
-    python jobs/bench_report.py [--pairs 100000] [--root /tmp/bench-report] [--no-inline-compare]
+    python benchmarks/bench_report.py [--pairs 100000] [--root /tmp/bench-report] [--no-inline-compare]
 
 The run folder is written with the stages' own writers (``ShardSet`` shards with their schemas, the
 manifest, ``pairs.jsonl``, ``train/reference.parquet``, the step log, two evaluations and their
@@ -87,7 +87,7 @@ def build_run(root: Path, n_pairs: int, seed: int = 0) -> Path:
         }
         for i in range(n_problems)
     ]
-    run.update_manifest(config={"name": "bench", "note": "synthetic run for jobs/bench_report.py"})
+    run.update_manifest(config={"name": "bench", "note": "synthetic run for benchmarks/bench_report.py"})
     ShardSet(run.stage("problems"), schema=records.PROBLEM_FIELDS).write(
         problems, [p["id"] for p in problems]
     )

@@ -6,7 +6,7 @@ client (requests, grading, appending, reporting), not a model. The same GSM8K pr
 with ``eval.concurrency=1`` and ``=N``; the script prints both wall times and their ratio, and checks
 that both give the same accuracy.
 
-    python jobs/bench_eval.py [--problems 64] [--delay 0.2] [--concurrency 16]
+    python benchmarks/bench_eval.py [--problems 64] [--delay 0.2] [--concurrency 16]
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ Two parts, both printing the ratio linear / bisect and each method's exactness:
    are localized by real rollouts (``HFGenerator``) both ways, and compared with the exact verifier
    (``raystep.synth.verify``) as ground truth. Reports wall time too.
 
-    python jobs/bench_localize.py [--solutions 200] [--rollouts 8] [--alive-rate 0.6]
-    python jobs/bench_localize.py --policy runs/demo/policy --problems 64
+    python benchmarks/bench_localize.py [--solutions 200] [--rollouts 8] [--alive-rate 0.6]
+    python benchmarks/bench_localize.py --policy runs/demo/policy --problems 64
 """
 
 from __future__ import annotations

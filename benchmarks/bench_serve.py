@@ -10,7 +10,7 @@ one maximal client slows everyone else. The script prints requests/s, tokens/s, 
 error and 5xx counts per load, the ratios, and fails (exit 1) on any 5xx. The model is a tiny Qwen2 built here (no
 download) unless ``--model`` names a folder; start-up time is reported apart.
 
-    python jobs/bench_serve.py [--clients 32] [--duration 30] [--max-tokens 32] [--model DIR]
+    python benchmarks/bench_serve.py [--clients 32] [--duration 30] [--max-tokens 32] [--model DIR]
                                [--plot bench_serve.png]
 """
 

@@ -14,8 +14,8 @@ rows, written directly with pyarrow) and times how long localize and rectify tak
 done (``raystep.stages.stream.done_keys``: shard metadata read in a Ray task) and the driver's memory
 for it.
 
-    python jobs/bench_scale.py                          # sizes 1 10 100, then the million-row case
-    python jobs/bench_scale.py --sizes 1 10 --million 1000000
+    python benchmarks/bench_scale.py                          # sizes 1 10 100, then the million-row case
+    python benchmarks/bench_scale.py --sizes 1 10 --million 1000000
 """
 
 from __future__ import annotations

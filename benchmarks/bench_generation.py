@@ -10,9 +10,9 @@ row's arrival is timed: start-up is the time to the first batch of results, stea
 over the later time. Greedy texts of the two paths of one engine are compared, and the ratios printed:
 Ray Data / direct per engine, and vLLM / hf.
 
-    python jobs/bench_generation.py                       # a tiny model built on the spot
-    python jobs/bench_generation.py --prompts 256 --max-new-tokens 64 --engines vllm hf
-    python jobs/bench_generation.py --model Qwen/Qwen2-0.5B-Instruct --concurrency 2
+    python benchmarks/bench_generation.py                       # a tiny model built on the spot
+    python benchmarks/bench_generation.py --prompts 256 --max-new-tokens 64 --engines vllm hf
+    python benchmarks/bench_generation.py --model Qwen/Qwen2-0.5B-Instruct --concurrency 2
 
 Each Ray Data replica gets one CPU and one torch thread; ``--threads`` sets the direct hf side's torch
 threads (1, the default, is the like-for-like comparison of one replica).
