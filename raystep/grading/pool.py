@@ -1,22 +1,16 @@
-"""Grading: pull the final answer out of a response and judge it against the gold answer.
+"""The parent side of grading: responses in, verdicts out, math-verify in worker processes.
 
-Extraction is plain Python (regexes and a brace scanner, linear in the text). Equivalence first tries
-cheap exact paths (normalised string equality, exact numbers) in the calling process, then hands the
-rest to ``math-verify`` in worker *processes*. math-verify's own timeouts use ``signal.alarm``, which
-only works in a process's main thread (not in Ray actors' threads or thread pools) and cannot interrupt
-a long C call such as a huge integer power. So each worker runs math-verify in its main thread with its
-own timeouts, and the parent enforces an outer per-item deadline: a stuck worker is killed and
-replaced, the item is graded wrong with status ``timeout`` and counted. Nothing ever hangs.
-
-Workers are plain subprocesses speaking JSON lines over pipes (``python -m raystep.grading --worker``):
-no fork of a threaded parent, nothing to pickle, safe to create inside a Ray actor.
+math-verify's own timeouts use ``signal.alarm``, which only works in a process's main thread (not in
+Ray actors' threads or thread pools) and cannot interrupt a long C call such as a huge integer power.
+So each worker (``raystep.grading.worker``) runs math-verify in its main thread with its own timeouts,
+and this pool enforces an outer per-item deadline: a stuck worker is killed and replaced, the item is
+graded wrong with status ``timeout`` and counted. Nothing ever hangs.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import selectors
 import subprocess
 import sys
@@ -26,11 +20,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-METHODS = ("boxed", "answer_is", "gsm8k", "last_number", "none")
+from raystep.grading.equivalence import fast_verdict
+from raystep.grading.extract import METHODS, extract_answer
+
 STATUSES = ("ok", "timeout", "unparsable", "error")
 
 
@@ -53,288 +48,6 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Answer extraction
-# ----------------------------------------------------------------------------------------------------
-
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_BOXED_SPACE = re.compile(r"\\boxed +([^\s$]+)")
-_ANSWER_IS = re.compile(r"(?:[Tt]he (?:final |correct )?answer is|[Ff]inal [Aa]nswer\s*:)\s*:?\s*")
-_GSM8K = re.compile(r"####\s*")
-_CALC = re.compile(r"<<[^<>\n]*>>")
-_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
-_MAX_BOXED_TRIES = 32
-_BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)
-
-
-def _closing_braces(text: str, start: int) -> dict[int, int]:
-    """Position of each ``{`` (from ``start`` on) -> its matching ``}``; one pass, escaped braces skipped."""
-    close_of: dict[int, int] = {}
-    stack: list[int] = []
-    for m in _BRACE_TOKEN.finditer(text, start):
-        token = m.group(0)
-        if token == "{":
-            stack.append(m.start())
-        elif token == "}":
-            if stack:
-                close_of[stack.pop()] = m.start()
-    return close_of
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) whose braces balance.
-
-    A truncated last box (the model ran out of tokens) does not count; an earlier complete one does.
-    Linear in the text, so an enormous response cannot stall the caller.
-    """
-    opens = [m.end() - 1 for m in _BOXED.finditer(text)][-_MAX_BOXED_TRIES:]
-    if opens:
-        close_of = _closing_braces(text, opens[0])
-        for pos in reversed(opens):
-            if pos in close_of:
-                return text[pos + 1 : close_of[pos]].strip()
-    spaced = list(_BOXED_SPACE.finditer(text))
-    if spaced:
-        return spaced[-1].group(1).strip()
-    return None
-
-
-def _rest_of_line(text: str, start: int) -> str:
-    end = text.find("\n", start)
-    return text[start : end if end >= 0 else len(text)]
-
-
-def _clean_tail(answer: str) -> str:
-    """Trim a sentence-style answer: what follows the sentence's end, final periods, enclosing ``$``."""
-    answer = re.split(r"\.\s", answer.strip(), maxsplit=1)[0].strip()
-    while answer.endswith("."):
-        answer = answer[:-1].rstrip()
-    if len(answer) >= 2 and answer.startswith("$") and answer.endswith("$"):
-        answer = answer.strip("$").strip()
-    return answer
-
-
-def extract_answer(text: str) -> tuple[str | None, str]:
-    """``(answer, method)``: the last balanced ``\\boxed{}``, else "The answer is ...", else GSM8K's
-    ``#### N``, else the last number (a fallback that callers count), else ``(None, "none")``."""
-    if not isinstance(text, str) or not text:
-        return None, "none"
-    boxed = last_boxed(text)
-    if boxed:
-        return boxed, "boxed"
-    matches = list(_ANSWER_IS.finditer(text))
-    for m in reversed(matches):
-        answer = _clean_tail(_rest_of_line(text, m.end()))
-        if answer:
-            return answer, "answer_is"
-    matches = list(_GSM8K.finditer(text))
-    for m in reversed(matches):
-        answer = _clean_tail(_rest_of_line(text, m.end())).replace(",", "")
-        if answer:
-            return answer, "gsm8k"
-    numbers = _NUMBER.findall(_CALC.sub("", text))
-    if numbers:
-        return numbers[-1].replace(",", ""), "last_number"
-    return None, "none"
-
-
-def gold_answer(dataset: str, raw: str) -> str:
-    """Normalise a gold answer: GSM8K ``... #### 1,234`` -> ``1234``; MATH-style text -> its last boxed
-    content when it is a whole solution, else the stripped text."""
-    raw = str(raw).strip()
-    name = dataset.lower()
-    if name.startswith("gsm8k") or "####" in raw:
-        tail = raw.rsplit("####", 1)[-1] if "####" in raw else raw
-        return tail.strip().replace(",", "")
-    if "\\boxed" in raw or "\\fbox" in raw:
-        boxed = last_boxed(raw)
-        if boxed:
-            return boxed
-    return raw
-
-
-# ----------------------------------------------------------------------------------------------------
-# Fast exact paths (in the calling process; no sympy, bounded work)
-# ----------------------------------------------------------------------------------------------------
-
-_FAST_MAX_CHARS = 200
-_SPACING = re.compile(r"\\[!,;: ]|\\quad|\\qquad|\s+")
-_LEFT_RIGHT = re.compile(r"\\left|\\right")
-_FRAC = re.compile(r"^(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}$")
-_FRAC_SHORT = re.compile(r"^(-?)\\[dt]?frac(\d)(\d)$")
-_PLAIN_NUMBER = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)$")
-_SLASH = re.compile(r"^(-?\d+)/(\d+)$")
-_ASSIGNED = re.compile(r"^\s*[A-Za-z]\s*=\s*([^=<>]+)$")
-_WITH_UNIT = re.compile(r"^\\?\$?(-?\d[\d,]*(?:\.\d+)?)\s*(?:\\?%|[A-Za-z][A-Za-z .]*)?$")
-
-
-def _normalise(s: str) -> str:
-    s = s.strip()
-    if len(s) >= 2 and s.startswith("$") and s.endswith("$"):
-        s = s.strip("$")
-    s = s.replace("\\$", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = _LEFT_RIGHT.sub("", s)
-    s = _SPACING.sub("", s)
-    s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)
-    return s.rstrip(".")
-
-
-def _as_number(s: str) -> Fraction | None:
-    """An exact rational for plain numbers, ``a/b`` and ``\\frac{a}{b}``; None for anything else."""
-    if len(s) > 60:
-        return None
-    try:
-        if _PLAIN_NUMBER.match(s):
-            return Fraction(s)
-        m = _SLASH.match(s)
-        if m and int(m.group(2)) != 0:
-            return Fraction(int(m.group(1)), int(m.group(2)))
-        m = _FRAC.match(s) or _FRAC_SHORT.match(s)
-        if m and int(m.group(3)) != 0:
-            value = Fraction(int(m.group(2)), int(m.group(3)))
-            return -value if m.group(1) else value
-    except (ValueError, ZeroDivisionError):
-        return None
-    return None
-
-
-def fast_verdict(pred: str, gold: str) -> bool | None:
-    """True/False when exact string or number comparison settles it; None when math-verify must decide.
-
-    Unequal integers are conclusive; other unequal numbers are not (math-verify rounds floats).
-    """
-    if len(pred) > _FAST_MAX_CHARS or len(gold) > _FAST_MAX_CHARS:
-        return None
-    if "=" not in gold:
-        assigned = _ASSIGNED.match(pred)
-        if assigned:  # "x = 5" against "5": the value is what counts (math-verify agrees)
-            pred = assigned.group(1)
-    p, g = _normalise(pred), _normalise(gold)
-    if p and p == g:
-        return True
-    gn = _as_number(g)
-    if gn is None:
-        return None
-    pn = _as_number(p)
-    if pn is None:
-        m = _WITH_UNIT.match(pred.strip())
-        if m:
-            pn = _as_number(m.group(1).replace(",", ""))
-    if pn is None:
-        return None
-    if pn == gn:
-        return True
-    if pn.denominator == 1 and gn.denominator == 1:
-        return False
-    return None
-
-
-# ----------------------------------------------------------------------------------------------------
-# The worker process
-# ----------------------------------------------------------------------------------------------------
-
-
-def _wrap(answer: str) -> str:
-    """math-verify finds answers inside math delimiters; a bare answer is wrapped in ``$...$``."""
-    s = answer.strip()
-    if s.startswith("$") or s.startswith("\\(") or s.startswith("\\["):
-        return s
-    return f"${s}$"
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this worker when its parent dies: a worker stuck in a C call (a huge power)
-    never reads its stdin EOF and holds the GIL, so nothing inside it could notice. Elsewhere, the
-    worker exits on stdin EOF once its current item ends."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before the request took effect
-        os._exit(0)
-
-
-def _worker_main(inner_timeout: int, max_memory_mb: int) -> None:
-    """Read ``{"i", "pred", "gold"}`` lines, write ``{"i", "correct", "status", "detail"}`` lines."""
-    import logging
-
-    if max_memory_mb > 0:
-        try:
-            import resource
-
-            limit = max_memory_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        except (ImportError, ValueError, OSError):
-            pass
-
-    _die_with_parent()
-
-    from math_verify import parse, verify
-
-    timeouts: list[str] = []
-
-    class _TimeoutLog(logging.Handler):
-        """math-verify swallows its own timeouts into a log line; catch that line to count them."""
-
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("Timeout"):
-                timeouts.append(record.name)
-
-    for name in ("math_verify.parser", "math_verify.grader"):
-        lg = logging.getLogger(name)
-        lg.addHandler(_TimeoutLog())
-        lg.propagate = False
-        lg.setLevel(logging.WARNING)
-
-    # the protocol gets its own copy of stdout; stray prints from any library go to stderr instead
-    out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
-    sys.stdout.flush()
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        req = json.loads(line)
-        timeouts.clear()
-        status, correct, detail = "ok", False, "math_verify"
-        try:
-            gold = parse(_wrap(req["gold"]), parsing_timeout=inner_timeout)
-            if timeouts:
-                status, detail = "timeout", "parsing the gold timed out"
-            elif not gold:
-                status, detail = "error", "math-verify cannot parse the gold answer"
-            else:
-                pred = parse(_wrap(req["pred"]), parsing_timeout=inner_timeout)
-                if timeouts:
-                    status, detail = "timeout", "parsing the answer timed out"
-                elif not pred:
-                    status, detail = "unparsable", "math-verify cannot parse the answer"
-                else:
-                    correct = bool(verify(gold, pred, timeout_seconds=inner_timeout))
-                    if timeouts and not correct:
-                        status, detail = "timeout", "comparison timed out"
-        except MemoryError:
-            status, correct, detail = "error", False, "out of memory"
-        except RecursionError:
-            status, correct, detail = "unparsable", False, "nesting too deep"
-        except Exception as exc:  # noqa: BLE001 - any failure of one item is that item's verdict
-            status, correct, detail = "error", False, f"{type(exc).__name__}: {exc}"[:300]
-        out.write(json.dumps({"i": req["i"], "correct": correct, "status": status, "detail": detail}) + "\n")
-        out.flush()
-
-
-# ----------------------------------------------------------------------------------------------------
-# The parent side
-# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -437,7 +150,7 @@ class Grader:
         return self._spawner.submit(self._popen).result()
 
     def _popen(self) -> _Worker:
-        root = str(Path(__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding raystep/
         env = dict(os.environ)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -445,8 +158,7 @@ class Grader:
             sys.executable,
             "-u",
             "-m",
-            "raystep.grading",
-            "--worker",
+            "raystep.grading.worker",
             str(self.inner_timeout),
             str(self.max_memory_mb),
         ]
@@ -597,7 +309,7 @@ class Grader:
                         self._kill(w)
                         raise GradingError(
                             f"a grading worker did not start within {self.startup_timeout_s}s "
-                            f"({sys.executable} -m raystep.grading --worker)"
+                            f"({sys.executable} -m raystep.grading.worker)"
                         )
         finally:
             sel.close()
@@ -670,13 +382,3 @@ def grade_responses(
     """One-shot grading: start workers, grade, stop them."""
     with Grader(workers=workers, timeout_s=timeout_s) as grader:
         return grader.grade(responses, golds)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "--worker":
-        _worker_main(
-            int(sys.argv[2]) if len(sys.argv) > 2 else 2, int(sys.argv[3]) if len(sys.argv) > 3 else 0
-        )
-    else:
-        print("usage: python -m raystep.grading --worker [inner_timeout_s] [max_memory_mb]", file=sys.stderr)
-        sys.exit(2)
