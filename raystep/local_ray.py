@@ -54,7 +54,13 @@ def is_loopback_address(address: str) -> bool:
     return host in (LOOPBACK, "localhost", "::1")
 
 
-def ensure_ray(min_cpus: int = 8) -> None:
+LOCAL_CPUS = 8
+"""Logical CPUs of a local Ray at the least (the machine's cores when more): a served engine's placement
+group, the request and grading actors of a stage and the stage's own read and write tasks must all fit,
+or Ray Data waits forever for a CPU that an actor holds."""
+
+
+def ensure_ray(min_cpus: int = LOCAL_CPUS) -> None:
     """Connect or start once per process; a no-op when Ray is already up."""
     import ray
 

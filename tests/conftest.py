@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.append(
-    str(REPO / "benchmarks")
-)  # sample_pairs.py: fixture pairs shared with benchmarks/bench_train.py
+# sample_pairs.py: fixture pairs shared with benchmarks/bench_train.py
+sys.path.append(str(REPO / "benchmarks"))
 
 
 def data_dir() -> Path:
@@ -43,9 +42,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> P
     return build_tiny_model(out, gsm8k_texts(shared_data / "gsm8k" / "train.jsonl", limit=2000))
 
 
+from raystep.local_ray import LOCAL_CPUS  # noqa: E402
+
 RAY_INIT_KWARGS = dict(
     address="local",  # always a fresh local instance, never a `ray start` cluster another job left running
-    num_cpus=4,
+    num_cpus=LOCAL_CPUS,  # as a local raystep run has them: with 4, the demo's stages waited forever for a CPU
     include_dashboard=False,
     log_to_driver=False,
     configure_logging=False,
