@@ -22,7 +22,6 @@ write, never through the driver. Phases:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import time
 from collections import Counter
@@ -44,11 +43,6 @@ from raystep.records import PAIR_FIELDS, PUBLIC_PAIR_FIELDS, read_parquet, to_pu
 from raystep.runs import RunDir, report_failures, timed_stage
 from raystep.stages.shards import ShardSet, arrow_schema, failure_stats, require_unique
 from raystep.stages.stream import done_keys, drop_done, read_stage, scan, write_shards
-
-CHOSEN_VERIFIER = "raystep.stages.localizers.chosen:verify_pairs"
-"""Import path of the ``rectify.verify_chosen`` filter (owned by the localize area):
-``verify_pairs(pairs: list[dict], config: RunConfig) -> tuple[list[dict], int, int]`` returns the pairs
-whose chosen step the localizer accepts, how many it removed, and how many it could not judge (kept)."""
 
 ChosenVerifier = Callable[[list[dict[str, Any]], RunConfig], tuple[list[dict[str, Any]], int, int]]
 
@@ -263,15 +257,12 @@ def select_pairs(
 
 
 def load_chosen_verifier() -> ChosenVerifier:
-    """The ``rectify.verify_chosen`` hook: resolved from ``CHOSEN_VERIFIER`` with a clear error."""
-    module_name, func = CHOSEN_VERIFIER.split(":")
-    try:
-        return getattr(importlib.import_module(module_name), func)
-    except (ImportError, AttributeError) as exc:
-        raise RuntimeError(
-            f"rectify.verify_chosen is on but {CHOSEN_VERIFIER} is not available ({exc}); "
-            "turn it off or install the localize area's chosen-step verifier"
-        ) from exc
+    """The ``rectify.verify_chosen`` filter, ``localizers.chosen.verify_pairs``: the pairs whose chosen
+    step the configured localizer accepts, how many it removed, and how many it could not judge (kept).
+    Imported when used: it brings the localizers (and their engines) with it."""
+    from raystep.stages.localizers.chosen import verify_pairs
+
+    return verify_pairs
 
 
 def rollout_requests(
@@ -593,7 +584,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     ensure_ray()
     with timed_stage(run_dir, "rectify") as stats:
         if config.rectify.verify_chosen:
-            load_chosen_verifier()  # fail before any work when the hook is missing
+            load_chosen_verifier()  # an import error shows before any work
         folder = run_dir.path / "localized"
         localized = ShardSet(folder, kind="localized", clean=False)
         if not folder.is_dir() or not localized.files():
