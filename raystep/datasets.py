@@ -8,10 +8,11 @@ when a ``Rejects`` sink is given (config ``data.rejects: true``), goes there and
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -326,6 +327,26 @@ def _local_file(source: str, split: str, data_dir: Path | None) -> Path | None:
     return path if path.exists() else None
 
 
+GENERATED_SOURCES: dict[str, str] = {"synth": "raystep.synth.world:load_problems"}
+"""``data.source`` names whose problems a generator makes (no file, no hub): name -> ``"module:function"``
+taking the ``data`` section. A world plugs in here by name, as verifiers do in ``localizers.verifier``,
+so loading datasets never imports a world."""
+
+
+def register_source(name: str, import_path: str) -> None:
+    """Add (or replace) a generated ``data.source``; ``import_path`` is ``module:function``."""
+    if ":" not in import_path:
+        raise ValueError(
+            f"source {name!r}: import path must look like 'module:function', got {import_path!r}"
+        )
+    GENERATED_SOURCES[name] = import_path
+
+
+def _generated(source: str) -> Callable[[DataConfig], list[dict[str, Any]]]:
+    module, _, func = GENERATED_SOURCES[source].partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
 def load_problems(
     data: DataConfig, data_dir: Path | None = None, rejects: Rejects | None = None, fix: str = DATA_FIX
 ) -> list[dict[str, Any]]:
@@ -334,10 +355,8 @@ def load_problems(
     ``fix`` says how to do without the hub when a known source has no local file and the hub fails.
     """
     source = data.source
-    if source == "synth":
-        from raystep.synth.world import load_problems as load_synth
-
-        return load_synth(data)
+    if source in GENERATED_SOURCES:
+        return _generated(source)(data)
     column_map = dict(data.column_map)
     data_dir = data_dir if data_dir is not None else default_data_dir()
 
