@@ -142,11 +142,19 @@ def test_exported_folder_loads_and_generates(faulty_run, tiny_model: Path):
     offline = consolidate_checkpoint(stats["checkpoint"])
     for name, tensor in trained.items():
         torch.testing.assert_close(offline[name].to(tensor.dtype), tensor, rtol=0, atol=0)
+    # the folder loads as a whole (config, weights, tokenizer) into the model the trained tensors make:
+    # same logits as the base architecture given the trained state dict, unlike the base weights
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     ids = tok("Natalia sold clips to 48 of her friends.", return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=8, do_sample=False, min_new_tokens=8)
-    assert out.shape[1] == ids["input_ids"].shape[1] + 8
+    with torch.no_grad():
+        base_logits = reference(**ids).logits
+        reference.load_state_dict(trained, strict=False)
+        torch.testing.assert_close(model(**ids).logits, reference(**ids).logits)
+        assert not torch.allclose(model(**ids).logits, base_logits)
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert torch.equal(out, reference.generate(**ids, max_new_tokens=8, do_sample=False))
 
 
 @pytest.mark.slow
