@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Union
@@ -161,12 +162,17 @@ def read_table(path: StoragePath, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(where, columns=columns, filesystem=fs)
 
 
+def _tmp(path: Path) -> Path:
+    """A temporary name beside ``path``, unique per process and thread (actors write from threads)."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
 def write_table(table: pa.Table, path: StoragePath) -> None:
     """Write a Parquet file atomically: a temporary file renamed into place, or one put of the whole
     object (built in memory, so a writer that dies midway leaves no object)."""
     path = location(path)
     if isinstance(path, Path):
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp = _tmp(path)
         pq.write_table(table, tmp)
         os.replace(tmp, path)
         return
@@ -181,7 +187,7 @@ def atomic_text(path: StoragePath) -> Iterator[IO[str]]:
     path = location(path)
     if isinstance(path, Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp = _tmp(path)
         try:
             with tmp.open("w", encoding="utf-8") as fh:
                 yield fh

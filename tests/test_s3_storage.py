@@ -21,6 +21,7 @@ from raystep import records
 from raystep.fs import ObjectPath, location
 from raystep.runs import RunDir
 from raystep.stages import collect, localize, rectify
+from raystep.stages.localizers.judge import JudgeCache
 from raystep.stages.shards import ShardSet
 
 pytest.importorskip("moto.server", reason="moto[server] (the dev extra) runs the local S3 server")
@@ -94,6 +95,13 @@ def test_run_dir_accepts_a_bucket_and_names_a_uri_it_cannot_open(s3_env, tmp_pat
     ]
     assert first == location(f"s3://{BUCKET}/runs/unit/samples/part-00000.parquet")
     assert not any(k.endswith(".tmp") for k in bucket_objects("runs/unit/"))  # puts, no renames
+
+    cache = JudgeCache(run.path / "localized" / "judge-cache")  # the judge's replies, one object each
+    assert cache.get("ab12") is None
+    cache.put("ab12", {"verdict": 2})
+    assert cache.get("ab12") == {"verdict": 2} and "runs/unit/localized/judge-cache/ab/ab12.json" in (
+        bucket_objects("runs/unit/")
+    )
 
     with pytest.raises(ValueError, match="raystep train needs a local or mounted run folder"):
         run.require_local("raystep train")  # train, eval, serve write plain files: they say so
