@@ -63,11 +63,13 @@ class Section(BaseModel):
 
 
 class StorageConfig(Section):
-    """Where the run folder lives: a local path, an NFS mount or a URI such as ``s3://bucket/runs``."""
+    """Where the run folder lives: a local path, an NFS mount or a URI such as ``s3://bucket/runs``
+    (any filesystem ``pyarrow.fs`` opens; object storage holds the data stages only)."""
 
     root: LocalPath = "runs"
     """Parent folder of run folders: a local path (a relative one is resolved against the directory the
-    command runs in), a mount shared by all nodes, or a URI."""
+    command runs in), a mount shared by all nodes, or a URI pyarrow opens (``s3://bucket/runs``:
+    collect, localize and rectify; train and eval need a local or mounted folder)."""
 
 
 class ModelConfig(Section):

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raystep.errors import InputError
+from raystep.fs import StoragePath, atomic_text, location, read_table
 
 
 class RowError(InputError):
@@ -212,17 +213,14 @@ def read_jsonl(
     return list(iter_jsonl(path, kind, rejects))
 
 
-def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> int:
-    """Write rows atomically (temp file + rename), so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+def write_jsonl(path: str | os.PathLike[str] | StoragePath, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows atomically (temp file + rename, or one put on object storage), so a reader never
+    sees half a file."""
     n = 0
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_text(location(path)) as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n
 
 
@@ -251,14 +249,15 @@ def write_parquet(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> i
     return len(rows)
 
 
-def read_parquet(path: str | os.PathLike[str], kind: str | None = None) -> list[dict[str, Any]]:
-    """Read a Parquet file or a folder of ``*.parquet`` shards (sorted), validating each row."""
-    path = Path(path)
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+def read_parquet(path: str | os.PathLike[str] | StoragePath, kind: str | None = None) -> list[dict[str, Any]]:
+    """Read a Parquet file or a folder of ``*.parquet`` shards (sorted), validating each row; local or
+    on any filesystem ``raystep.fs`` opens."""
+    where = location(path)
+    files = sorted(where.glob("*.parquet")) if where.is_dir() else [where]
     rows: list[dict[str, Any]] = []
     for f in files:
         try:
-            table = pq.read_table(f)
+            table = read_table(f)
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise RowError(f"{f}: not a readable Parquet file: {exc}") from None
         for i, row in enumerate(table.to_pylist(), start=1):

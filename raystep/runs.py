@@ -1,8 +1,10 @@
 """The run folder and its manifest.
 
 ``<storage>/<run>/`` holds one sub-folder per stage plus ``manifest.json``: the config, library versions,
-and per stage its counts and timings. Stages update only their own entry; the update is locked and
-atomic so concurrent stages (or a killed one) never leave a torn manifest.
+and per stage its counts and timings. Stages update only their own entry; the update is atomic, so a
+killed stage never leaves a torn manifest. On a local or mounted folder it is also locked, so
+concurrent stages never lose each other's entries. On object storage (``s3://…``, see ``raystep.fs``)
+there is no lock: one driver at a time writes a run's manifest (run its stages one after another).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import platform
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from raystep.config import RunConfig
+from raystep.fs import StoragePath, atomic_text, is_local, location
 
 
 def library_versions() -> dict[str, str]:
@@ -35,29 +37,34 @@ def library_versions() -> dict[str, str]:
 
 
 class RunDir:
-    """Paths of one run, and its manifest."""
+    """Paths of one run, and its manifest: a local ``Path`` or, for a URI such as ``s3://bucket/runs/x``,
+    an ``ObjectPath`` (``raystep.fs``; a URI pyarrow cannot open is a one-line ``ValueError``)."""
 
-    def __init__(self, path: str | os.PathLike[str]):
-        path = str(path)
-        if "://" in path and not path.startswith("file://"):
-            raise ValueError(
-                f"{path}: the run folder must be a local or mounted path (mount buckets with a CSI driver or "
-                "use storage.root on NFS); Ray Train checkpoints alone accept s3:// via train storage"
-            )
-        self.path = Path(path.removeprefix("file://"))
+    def __init__(self, path: str | os.PathLike[str] | StoragePath):
+        self.path = location(path)
 
     @classmethod
     def from_config(cls, config: RunConfig) -> RunDir:
         return cls(config.run_dir)
 
-    def stage(self, name: str) -> Path:
+    def stage(self, name: str) -> StoragePath:
         """The folder of a stage (created on first use)."""
         p = self.path / name
         p.mkdir(parents=True, exist_ok=True)
         return p
 
+    def require_local(self, stage: str) -> None:
+        """Fail in one line when a stage that writes plain local files (train, eval, serve, demo) is
+        pointed at object storage: only the data stages (collect, localize, rectify) run there."""
+        if not is_local(self.path):
+            raise ValueError(
+                f"{self.path}: {stage} needs a local or mounted run folder; object storage holds the data "
+                "stages (collect, localize, rectify) only. Copy pairs/ to a mount and set train.pairs, or "
+                "use a mounted storage.root"
+            )
+
     @property
-    def manifest_path(self) -> Path:
+    def manifest_path(self) -> StoragePath:
         return self.path / "manifest.json"
 
     def read_manifest(self) -> dict[str, Any]:
@@ -68,6 +75,9 @@ class RunDir:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.mkdir(parents=True, exist_ok=True)
+        if not is_local(self.path):  # object storage: a single writer, no lock files
+            yield
+            return
         with open(self.path / ".manifest.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -84,9 +94,8 @@ class RunDir:
             data["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             target = data.setdefault("stages", {}).setdefault(stage, {}) if stage else data
             target.update(fields)
-            tmp = self.manifest_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
-            os.replace(tmp, self.manifest_path)
+            with atomic_text(self.manifest_path) as fh:
+                fh.write(json.dumps(data, indent=2, sort_keys=False, default=str))
             return data
 
     def record_config(self, config: RunConfig) -> None:

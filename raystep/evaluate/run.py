@@ -73,6 +73,7 @@ def evaluate(config: RunConfig, out_dir: str | os.PathLike[str], progress: bool 
 def run(config: RunConfig) -> dict[str, Any]:
     """The stage: ``<run>/eval/<name>/``, timed and counted in the run manifest."""
     run_dir = RunDir.from_config(config)
+    run_dir.require_local("raystep eval")
     name = eval_name(config)
     out = run_dir.stage("eval") / name
     with timed_stage(run_dir, f"eval/{name}") as stats:

@@ -17,11 +17,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from raystep import steps
@@ -31,6 +29,7 @@ from raystep.engines import config_and_tokenizer, sampling_defaults
 from raystep.engines.base import fan_out, normalize_sampling
 from raystep.engines.graded import graded_dataset
 from raystep.errors import ROWS_FAILED, EmptyInputError
+from raystep.fs import location, read_metadata
 from raystep.local_ray import ensure_ray
 from raystep.records import PROBLEM_FIELDS, SAMPLE_FIELDS, Rejects
 from raystep.runs import RunDir, report_failures, timed_stage
@@ -63,7 +62,7 @@ def ensure_problems(config: RunConfig, run: RunDir) -> int:
                 f"(the units of this run), not data={wanted}. Use a new run name for other problems.",
                 file=sys.stderr,
             )
-        return sum(pq.read_metadata(f).num_rows for f in shards.files())
+        return sum(read_metadata(f).num_rows for f in shards.files())
     from raystep.datasets import load_problems
 
     rejects = Rejects(run.stage("problems") / "rejects.jsonl") if config.data.rejects else None
@@ -173,7 +172,7 @@ def summarize_to(folder: str) -> Callable[[Iterable[dict[str, Any]]], dict[str, 
 
 def _summarize_to(folder: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     stats = summarize(rows)
-    path = Path(folder) / "per_problem_accuracy.json"
+    path = location(folder) / "per_problem_accuracy.json"
     path.write_text(json.dumps(stats.pop("per_problem_accuracy")) + "\n")
     return {**stats, "per_problem_accuracy_file": str(path)}
 

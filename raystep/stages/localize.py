@@ -17,7 +17,6 @@ import argparse
 import json
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -26,6 +25,7 @@ import pyarrow.compute as pc
 from raystep.config import RunConfig
 from raystep.engine_args import engine_env, resolve_device
 from raystep.errors import ROWS_FAILED
+from raystep.fs import StoragePath, write_image
 from raystep.local_ray import ensure_ray
 from raystep.records import LOCALIZED_FIELDS
 from raystep.runs import RunDir, report_failures, timed_stage
@@ -170,7 +170,9 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return stats
 
 
-def plot_first_wrong_steps(per_method: dict[str, dict[str, int]], total: int, path: Path) -> Path:
+def plot_first_wrong_steps(
+    per_method: dict[str, dict[str, int]], total: int, path: StoragePath
+) -> StoragePath:
     """A bar chart of where solutions first go wrong, per method (``summarize``'s
     ``first_wrong_step_per_method``): easier to read than the histogram."""
     import matplotlib
@@ -192,7 +194,7 @@ def plot_first_wrong_steps(per_method: dict[str, dict[str, int]], total: int, pa
     if counts:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_image(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -326,5 +328,5 @@ def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     stats = run(config)
     print(json.dumps(stats, indent=2, default=str))
-    print(f"localized/ written to {Path(config.run_dir) / 'localized'}")
+    print(f"localized/ written to {config.run_dir}/localized")
     return ROWS_FAILED if report_failures("localize", stats, "samples") else 0

@@ -1,7 +1,7 @@
 """Parquet shards that hold only complete units: the resume machinery of the data stages.
 
-A shard is one ``part-*.parquet`` file written to a temporary name and renamed into place, so a shard on
-disk is always whole. The units it completes (for the streaming stages, the key of each of its rows)
+A shard is one ``part-*.parquet`` file written to a temporary name and renamed into place (on object
+storage: put in one request, see ``raystep.fs``), so a shard on disk is always whole. The units it completes (for the streaming stages, the key of each of its rows)
 are stored in its own Parquet metadata; ``ShardSet.done_units()`` reads only that, and a rerun skips
 those units. Who writes: ``raystep.stages.stream.write_shards`` from the Ray Data workers, or
 ``ShardSet.write`` directly (the problems of a run, tests, tools).
@@ -20,12 +20,12 @@ import re
 import signal
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from raystep import fs
+from raystep.fs import StoragePath
 from raystep.records import FieldSpec, RowError, read_parquet
 
 UNITS_KEY = b"raystep.units"
@@ -67,12 +67,12 @@ class ShardSet:
 
     def __init__(
         self,
-        folder: str | os.PathLike[str],
+        folder: str | os.PathLike[str] | StoragePath,
         schema: FieldSpec | None = None,
         kind: str | None = None,
         clean: bool = True,
     ):
-        self.folder = Path(folder)
+        self.folder = fs.location(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.schema = schema
         self.kind = kind
@@ -81,12 +81,12 @@ class ShardSet:
             for stale in self.folder.glob("*.tmp"):
                 stale.unlink()  # a write interrupted before its rename: never committed
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[StoragePath]:
         return sorted(p for p in self.folder.iterdir() if _SHARD.match(p.name))
 
     @staticmethod
-    def units_of(path: Path) -> list[str]:
-        meta = pq.read_schema(path).metadata or {}
+    def units_of(path: StoragePath) -> list[str]:
+        meta = fs.read_schema(path).metadata or {}
         if UNITS_KEY not in meta:
             raise RowError(
                 f"{path}: shard has no '{UNITS_KEY.decode()}' metadata; not written by raystep shards"
@@ -94,9 +94,9 @@ class ShardSet:
         return list(json.loads(meta[UNITS_KEY]))
 
     @staticmethod
-    def failed_of(path: Path) -> dict[str, int]:
+    def failed_of(path: StoragePath) -> dict[str, int]:
         """The units of a shard whose rows failed, with how many attempts each has had."""
-        meta = pq.read_schema(path).metadata or {}
+        meta = fs.read_schema(path).metadata or {}
         return {str(u): int(n) for u, n in json.loads(meta.get(FAILED_KEY, b"{}")).items()}
 
     def done_units(self) -> set[str]:
@@ -122,18 +122,16 @@ class ShardSet:
                 reopened.update(retry)
         return reopened
 
-    def drop_units(self, path: Path, units: set[str], key: str) -> None:
+    def drop_units(self, path: StoragePath, units: set[str], key: str) -> None:
         """Rewrite one shard without ``units`` (their rows, their names, their failure records)."""
-        table = pq.read_table(path)
+        table = fs.read_table(path)
         meta = dict(table.schema.metadata or {})
         keep = [str(v) not in units for v in table.column(key).to_pylist()] if len(table) else []
         table = table.filter(pa.array(keep, type=pa.bool_())) if len(table) else table
         meta[UNITS_KEY] = json.dumps([u for u in self.units_of(path) if u not in units]).encode()
         failed = {u: n for u, n in self.failed_of(path).items() if u not in units}
         meta[FAILED_KEY] = json.dumps(failed).encode()
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table.replace_schema_metadata(meta), tmp)
-        os.replace(tmp, path)
+        fs.write_table(table.replace_schema_metadata(meta), path)
 
     def drop_units_everywhere(self, units: set[str], key: str) -> None:
         """Forget ``units`` in every shard (a downstream phase built from rows that are being redone)."""
@@ -156,7 +154,7 @@ class ShardSet:
         failed: dict[str, int] | None = None,
         name: str | None = None,
         inject: bool = True,
-    ) -> Path:
+    ) -> StoragePath:
         """Commit ``rows`` (all rows of ``units``, nothing else) as a shard, atomically; ``failed`` names
         the units whose rows failed, with their attempt count. ``name`` (hex) names the shard; by default
         the next number (the driver's writes; a worker names its shard by its units)."""
@@ -174,9 +172,7 @@ class ShardSet:
         meta[FAILED_KEY] = json.dumps(failed or {}).encode()
         table = table.replace_schema_metadata(meta)
         path = self.folder / f"part-{name or f'{self.next_index():05d}'}.parquet"
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        fs.write_table(table, path)
         self.written_here += 1
         if inject:  # the driver's writes; a stage streaming from workers counts its shards itself
             maybe_fail(self.folder.name, self.written_here)

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from raystep import fs
 from raystep.records import FieldSpec, RowError, check_row
 from raystep.stages.shards import FAIL_MODE_ENV, ShardSet, fail_after, inject_failure
 
@@ -52,10 +52,15 @@ def read_stage(
     """
     import ray.data
 
-    files = [str(f) for f in shards.files()]
+    files = [fs.arrow_args(f) for f in shards.files()]
     if not files:
         raise FileNotFoundError(f"{shards.folder}: no shards")
-    ds = ray.data.read_parquet(files, columns=columns, include_paths=kind is not None)
+    ds = ray.data.read_parquet(
+        [where for where, _ in files],
+        filesystem=files[0][1],  # None: local; else the run folder's pyarrow filesystem
+        columns=columns,
+        include_paths=kind is not None,
+    )
     if kind is not None:
         ds = ds.map_batches(
             _check_rows, fn_kwargs={"kind": kind, "key": key}, batch_format="pyarrow", zero_copy_batch=True
@@ -230,8 +235,8 @@ def _injected(exc: BaseException) -> BaseException | None:
 
 def _rows_of(folder: str, columns: list[str]) -> Iterator[dict[str, Any]]:
     for path in ShardSet(folder, clean=False).files():
-        names = set(pq.read_schema(path).names)
-        yield from pq.read_table(path, columns=[c for c in columns if c in names]).to_pylist()
+        names = set(fs.read_schema(path).names)
+        yield from fs.read_table(path, columns=[c for c in columns if c in names]).to_pylist()
 
 
 def _scan(folder: str, columns: list[str], fn: Callable[[Iterator[dict[str, Any]]], T]) -> T:

@@ -142,6 +142,7 @@ def training_digest(config: RunConfig) -> str:
 def run(config: RunConfig) -> dict[str, Any]:
     """Train on the run's pairs and export ``<run>/model/``; returns the stage stats (with ``model_dir``)."""
     run_dir = RunDir.from_config(config)
+    run_dir.require_local("raystep train")
     run_dir.record_config(config)
     with timed_stage(run_dir, "train") as stats:
         rows, source, rejects = load_pairs(config, run_dir)

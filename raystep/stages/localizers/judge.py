@@ -22,12 +22,12 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import openai
 
 from raystep.config import JudgeConfig
+from raystep.fs import StoragePath, atomic_text, location
 from raystep.retry import api_key, describe, http_retryable, retrying
 from raystep.stages.localizers.base import labelled
 from raystep.stages.localizers.judge_prompts import (
@@ -94,14 +94,14 @@ class RatePacer:
 class JudgeCache:
     """One JSON file per request hash: atomic writes, shareable by actors on a shared run folder."""
 
-    def __init__(self, root: str | os.PathLike[str]):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike[str] | StoragePath):
+        self.root = location(root)  # a local folder, or a prefix on object storage (``raystep.fs``)
 
     @staticmethod
     def key(request: dict[str, Any]) -> str:
         return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
-    def _path(self, key: str) -> Path:
+    def _path(self, key: str) -> StoragePath:
         return self.root / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -114,9 +114,8 @@ class JudgeCache:
     def put(self, key: str, value: dict[str, Any]) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(value, ensure_ascii=False))
-        os.replace(tmp, path)
+        with atomic_text(path) as fh:
+            fh.write(json.dumps(value, ensure_ascii=False))
 
 
 def api_key_for(base_url: str, env_name: str) -> str:
