@@ -163,11 +163,11 @@ def million_case(rows: int) -> dict[str, Any]:
 
 def ensure_policy_dir(root: str) -> str:
     from raystep.config import load_config
-    from raystep.experiments.demo import demo_overrides, policy_settings
-    from raystep.synth.policy import ensure_policy
+    from raystep.experiments.demo import demo_overrides
+    from raystep.synth.policy import ensure_policy, settings_from_config
 
     config = load_config(None, demo_overrides("full", 8321))
-    policy_dir, _ = ensure_policy(Path(root) / "policy", policy_settings(config, "full"), True)
+    policy_dir, _ = ensure_policy(Path(root) / "policy", settings_from_config(config), True)
     return str(policy_dir)
 
 

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raystep.errors import InputError
-from raystep.fs import StoragePath, atomic_text, location, read_table
+from raystep.fs import StoragePath, atomic_text, location, read_table, write_table
 
 
 class RowError(InputError):
@@ -217,7 +216,7 @@ def write_jsonl(path: str | os.PathLike[str] | StoragePath, rows: Iterable[dict[
     """Write rows atomically (temp file + rename, or one put on object storage), so a reader never
     sees half a file."""
     n = 0
-    with atomic_text(location(path)) as fh:
+    with atomic_text(path) as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
@@ -242,10 +241,7 @@ def write_parquet(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> i
     """Write rows as one Parquet file atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    table = pa.Table.from_pylist(rows) if rows else pa.table({})
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_table(pa.Table.from_pylist(rows) if rows else pa.table({}), path)
     return len(rows)
 
 

@@ -79,12 +79,14 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
-def api_key(env_name: str, base_url: str | None = None) -> str:
+def api_key(env_name: str, base_url: str | None = None, server: str = "") -> str:
     """The key from the environment variable the config names (never from a file). Local servers accept a
-    placeholder; a remote ``base_url`` without the variable set is an error before any request."""
+    placeholder; a remote ``base_url`` without the variable set is an error (naming the ``server``, say
+    "the judge") before any request."""
     key = os.environ.get(env_name)
     if key:
         return key
     if base_url is None or (urlparse(base_url).hostname or "") in LOOPBACK_HOSTS:
         return "EMPTY"
-    raise ValueError(f"{base_url} needs an API key: set the environment variable ${env_name}")
+    where = f"{server} at {base_url}" if server else base_url
+    raise ValueError(f"{where} needs an API key: set the environment variable ${env_name}")

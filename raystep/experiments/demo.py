@@ -110,13 +110,6 @@ def demo_overrides(size: str, port: int) -> list[str]:
     ]
 
 
-def policy_settings(config: RunConfig, size: str):
-    """The warm-up of ``data.synth.policy`` (the demo's size sets its steps; ``--set`` wins)."""
-    from raystep.synth.policy import settings_from_config
-
-    return settings_from_config(config)
-
-
 def test_problems(config: RunConfig) -> list[dict[str, Any]]:
     """Held-out problems: the world's ``test`` split, never seen by the warm-up or by collect."""
     from raystep.synth.world import load_problems
@@ -390,7 +383,7 @@ def run(config: RunConfig, size: str = "full", progress: bool = True, rounds: in
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     from raystep.evaluate.run import BENCHMARKS  # noqa: F401  (fail early if evaluation is missing)
     from raystep.stages import collect, localize, rectify
-    from raystep.synth.policy import ensure_policy
+    from raystep.synth.policy import ensure_policy, settings_from_config
 
     run_dir = RunDir.from_config(config)
     prior = run_dir.read_manifest()  # what an earlier run of this folder did, before this one records
@@ -420,7 +413,7 @@ def run(config: RunConfig, size: str = "full", progress: bool = True, rounds: in
             print(f"[demo] {name} done in {elapsed:.0f} s", flush=True)
         return result
 
-    settings = policy_settings(config, size)
+    settings = settings_from_config(config)  # the demo's size set data.synth.policy; --set wins
     with timed_stage(run_dir, "warmup") as wstats:
         policy_dir, warm = timed("warm-up", ensure_policy, run_dir.path / "policy", settings, progress)
         wstats.update({k: warm[k] for k in ("parameters", "final_loss", "train_seconds", "cached")})

@@ -38,11 +38,6 @@ def peak_flops(device_name: str) -> float | None:
     return None
 
 
-def train_flops(num_params: int, tokens: int, backward: bool = True) -> float:
-    """The usual ``6 N T`` estimate (``2 N T`` for a forward only); attention FLOPs are left out."""
-    return (6 if backward else 2) * num_params * tokens
-
-
 @dataclass(frozen=True)
 class FlopCount:
     """Model FLOPs of a decoder step, counted the way the step actually runs.
@@ -77,11 +72,6 @@ class FlopCount:
             + 4 * self.layers * self.attn_dim * attended
         )
         return 3 * forward if backward else forward
-
-
-def mfu(num_params: int, tokens: int, seconds: float, device_name: str, num_devices: int = 1) -> float | None:
-    """Model FLOPs utilisation on GPUs with a known peak; None elsewhere (CPU has no meaningful peak here)."""
-    return flops_utilisation(train_flops(num_params, tokens), seconds, device_name, num_devices)
 
 
 def flops_utilisation(flops: float, seconds: float, device_name: str, num_devices: int = 1) -> float | None:

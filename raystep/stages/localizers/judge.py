@@ -120,10 +120,7 @@ class JudgeCache:
 
 def api_key_for(base_url: str, env_name: str) -> str:
     """The judge's key (``raystep.retry.api_key``): a remote judge without one fails before any request."""
-    try:
-        return api_key(env_name, base_url)
-    except ValueError as exc:
-        raise ValueError(f"the judge at {exc}") from None
+    return api_key(env_name, base_url, "the judge")
 
 
 def _retryable(exc: BaseException) -> bool:
