@@ -189,10 +189,12 @@ class FakeOpenAI:
                 status, payload, headers = self._reply(body, fault)
             if self.latency_s:
                 time.sleep(self.latency_s)
-            self._send(handler, status, payload, headers)
         finally:
+            # Out of flight before the reply is written: once the client reads it, its next request
+            # may arrive before this thread runs again, which would count one request twice.
             with self._lock:
                 self.in_flight -= 1
+        self._send(handler, status, payload, headers)
 
     def _reply(self, body: dict[str, Any], fault: str | None) -> tuple[int, bytes, dict[str, str]]:
         schema = schema_of(body)
