@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raystep.config import load_config
+from raystep.config import SynthPolicyConfig, load_config
 from raystep.steps import STEP_PRIMER, split_steps
 from raystep.synth import verify
 from raystep.synth.policy import (
@@ -21,6 +21,7 @@ from raystep.synth.policy import (
     evaluate_policy,
     is_well_formed,
     prompt_for,
+    settings_from_config,
     warmup_examples,
 )
 from raystep.synth.world import (
@@ -217,7 +218,7 @@ def test_first_wrong_step_rejects_foreign_questions():
 
 
 def test_warmup_data_mixes_correct_and_mistaken_solutions():
-    s = PolicySettings(num_examples=400, slip_rate=0.3)
+    s = PolicySettings(SynthPolicyConfig(num_examples=400, slip_rate=0.3))
     examples = warmup_examples(s)
     assert examples == warmup_examples(s)
     wrong = sum(1 for *_, w in examples if w)
@@ -234,14 +235,31 @@ def test_chain_warmup_data_is_the_published_demos():
     with (digest taken from main before the story world landed): the story world must not move it."""
     import hashlib
 
-    examples = warmup_examples(PolicySettings(num_examples=400))
+    examples = warmup_examples(PolicySettings(SynthPolicyConfig(num_examples=400)))
     digest = hashlib.sha256(json.dumps(examples).encode()).hexdigest()[:16]
     assert (digest, sum(1 for *_, w in examples if w)) == ("93c7383c2691c4e8", 132)
 
 
+def test_policy_settings_are_the_runs_policy_section_and_any_change_retrains():
+    base = load_config(None, ["data.source=synth"])
+    settings = settings_from_config(base)
+    assert settings.policy == base.data.synth.policy and settings.seed == base.data.synth.seed
+    prints = {settings.fingerprint()}
+    for item in (
+        "data.synth.policy.steps=7",
+        "data.synth.policy.torch_threads=2",
+        "data.synth.seed=1",
+        "data.synth.max_steps=4",
+        "data.synth.world=story",
+    ):
+        prints.add(settings_from_config(load_config(None, ["data.source=synth", item])).fingerprint())
+    assert len(prints) == 6
+    assert json.dumps(settings.as_dict())  # what warmup.json records
+
+
 @pytest.mark.slow
 def test_short_warmup_learns_the_step_format_and_is_cached(tmp_path):
-    quick = PolicySettings(num_examples=800, steps=200)
+    quick = PolicySettings(SynthPolicyConfig(num_examples=800, steps=200))
     folder, stats = ensure_policy(tmp_path / "policy", quick, progress=False)
     assert stats["cached"] is False
     assert stats["final_loss"] < stats["loss_curve"][0] / 2

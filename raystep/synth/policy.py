@@ -26,13 +26,11 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from raystep.config import RunConfig, SynthPolicyConfig
 from raystep.steps import STEP_PRIMER, build_prompt, get_template
 from raystep.synth.world import AnySpec, WorldSpec, generate, spec_from_config
-
-if TYPE_CHECKING:
-    from raystep.config import RunConfig
 
 MARKER = "warmup.json"
 """Written last into the policy folder: its presence (with matching settings) means the warm-up is done."""
@@ -42,31 +40,23 @@ MARKER = "warmup.json"
 class PolicySettings:
     """Everything that decides the warmed-up policy; a change of any field retrains it."""
 
+    policy: SynthPolicyConfig = field(default_factory=SynthPolicyConfig)
+    """The model's size and the warm-up's knobs: the run's ``data.synth.policy`` as it is."""
     template: str = "plain"
-    vocab_size: int = 512
-    """BPE vocabulary (digits always split); 0: byte-level, one token per character."""
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    """Two heads of 32: vLLM's CPU attention needs a head size of at least 32."""
-    intermediate_size: int = 192
-    num_examples: int = 4000
-    slip_rate: float = 0.3
-    """Share of warm-up solutions that contain one slip (kind and step drawn at random)."""
-    slips: tuple[str, ...] | None = None
-    """Slip kinds to draw from; None: the world's own (``spec.slips``)."""
-    steps: int = 1500
-    batch_size: int = 16
-    learning_rate: float = 5e-3
-    warmup_ratio: float = 0.05
     seed: int = 0
-    torch_threads: int = 1
-    """Intra-op threads: a model this small runs fastest on one (more threads fight on a busy machine)."""
     world: AnySpec = field(default_factory=WorldSpec)
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy.model_dump(mode="json"),
+            "template": self.template,
+            "seed": self.seed,
+            "world": asdict(self.world),
+            "world_kind": type(self.world).__name__,
+        }
+
     def fingerprint(self) -> str:
-        data = {**asdict(self), "world_kind": type(self.world).__name__}
-        return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha1(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -87,23 +77,10 @@ def preset_overrides(name: str) -> list[str]:
 
 def settings_from_config(config: RunConfig) -> PolicySettings:
     """The warm-up settings of a run: ``data.synth.policy``, the world of ``data.synth``, the template."""
-    p = config.data.synth.policy
     return PolicySettings(
+        policy=config.data.synth.policy,
         template=config.model.template,
-        vocab_size=p.vocab_size,
-        hidden_size=p.hidden_size,
-        num_layers=p.num_layers,
-        num_heads=p.num_heads,
-        intermediate_size=p.intermediate_size,
-        num_examples=p.num_examples,
-        slip_rate=p.slip_rate,
-        slips=tuple(p.slips) if p.slips else None,
-        steps=p.steps,
-        batch_size=p.batch_size,
-        learning_rate=p.learning_rate,
-        warmup_ratio=p.warmup_ratio,
         seed=config.data.synth.seed,
-        torch_threads=p.torch_threads,
         world=spec_from_config(config.data),
     )
 
@@ -141,11 +118,11 @@ def build_tokenizer(texts: list[str], out_dir: str | os.PathLike[str], vocab_siz
 def warmup_examples(settings: PolicySettings) -> list[tuple[str, str, bool]]:
     """``(prompt, completion, has_slip)`` for SFT, from the world's ``sft`` split (never train/test)."""
     rng = random.Random(f"raystep-warmup:{settings.seed}")
-    kinds = settings.slips or settings.world.slips
+    kinds = settings.policy.slips or settings.world.slips
     out = []
-    for p in generate(settings.world, settings.num_examples, settings.seed, "sft"):
+    for p in generate(settings.world, settings.policy.num_examples, settings.seed, "sft"):
         text = p.solution()
-        wrong = rng.random() < settings.slip_rate
+        wrong = rng.random() < settings.policy.slip_rate
         if wrong:
             text = p.random_slip(rng, kinds)
         out.append((*training_pair(p.question, text, settings.template), wrong))
@@ -171,7 +148,7 @@ def train_policy(out_dir: str | os.PathLike[str], settings: PolicySettings, prog
     (out / MARKER).unlink(missing_ok=True)
     started = time.time()
     examples = warmup_examples(settings)
-    tokenizer = build_tokenizer([p + c for p, c, _ in examples], out, settings.vocab_size)
+    tokenizer = build_tokenizer([p + c for p, c, _ in examples], out, settings.policy.vocab_size)
     eos = tokenizer.eos_token_id
     encoded = []
     for prompt, completion, _ in examples:
@@ -181,15 +158,15 @@ def train_policy(out_dir: str | os.PathLike[str], settings: PolicySettings, prog
     max_len = max(len(ids) for ids, _ in encoded)
 
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(settings.torch_threads)
+    torch.set_num_threads(settings.policy.torch_threads)
     torch.manual_seed(settings.seed)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=settings.hidden_size,
-        intermediate_size=settings.intermediate_size,
-        num_hidden_layers=settings.num_layers,
-        num_attention_heads=settings.num_heads,
-        num_key_value_heads=settings.num_heads,
+        hidden_size=settings.policy.hidden_size,
+        intermediate_size=settings.policy.intermediate_size,
+        num_hidden_layers=settings.policy.num_layers,
+        num_attention_heads=settings.policy.num_heads,
+        num_key_value_heads=settings.policy.num_heads,
         max_position_embeddings=max(512, 2 * max_len),
         tie_word_embeddings=True,
         bos_token_id=eos,
@@ -199,13 +176,13 @@ def train_policy(out_dir: str | os.PathLike[str], settings: PolicySettings, prog
     model = Qwen2ForCausalLM(config)
     model.train()
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98), weight_decay=0.0
+        model.parameters(), lr=settings.policy.learning_rate, betas=(0.9, 0.98), weight_decay=0.0
     )
     rng = random.Random(settings.seed)
     losses: list[float] = []
-    bar = tqdm(range(settings.steps), desc="warm-up SFT", disable=not progress, mininterval=2.0)
+    bar = tqdm(range(settings.policy.steps), desc="warm-up SFT", disable=not progress, mininterval=2.0)
     for step in bar:
-        batch = [encoded[rng.randrange(len(encoded))] for _ in range(settings.batch_size)]
+        batch = [encoded[rng.randrange(len(encoded))] for _ in range(settings.policy.batch_size)]
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
         labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -215,7 +192,9 @@ def train_policy(out_dir: str | os.PathLike[str], settings: PolicySettings, prog
             labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
             attention[row, : len(ids)] = 1
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, settings.steps, settings.learning_rate, settings.warmup_ratio)
+            group["lr"] = _lr_at(
+                step, settings.policy.steps, settings.policy.learning_rate, settings.policy.warmup_ratio
+            )
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -232,7 +211,7 @@ def train_policy(out_dir: str | os.PathLike[str], settings: PolicySettings, prog
     )
     model.save_pretrained(str(out))
     stats = {
-        "settings": asdict(settings),
+        "settings": settings.as_dict(),
         "fingerprint": settings.fingerprint(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab": len(tokenizer),
