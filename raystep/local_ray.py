@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 LOCAL_ENV = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 LOOPBACK = "127.0.0.1"
@@ -60,6 +61,21 @@ group, the request and grading actors of a stage and the stage's own read and wr
 or Ray Data waits forever for a CPU that an actor holds."""
 
 
+def local_start_kwargs(num_cpus: int = LOCAL_CPUS) -> dict[str, Any]:
+    """``ray.init`` keywords that start a local Ray of ``num_cpus`` logical CPUs.
+
+    Ray lets ``min(cores, CPUs)`` worker processes start at once (2 here) and prints a raylet warning
+    on the terminal each time a stage's actors outnumber that several times over; the local Ray lets
+    as many start as it has logical CPUs for them.
+    """
+    return {
+        "address": "local",
+        "num_cpus": num_cpus,
+        "runtime_env": {"env_vars": LOCAL_ENV},
+        "_system_config": {"worker_maximum_startup_concurrency": num_cpus},
+    }
+
+
 def ensure_ray(min_cpus: int = LOCAL_CPUS) -> None:
     """Connect or start once per process; a no-op when Ray is already up."""
     import ray
@@ -77,11 +93,5 @@ def ensure_ray(min_cpus: int = LOCAL_CPUS) -> None:
         ray.init(**common)
     else:
         with loopback_only() as local:
-            ray.init(
-                address="local",
-                num_cpus=max(min_cpus, os.cpu_count() or 2),
-                runtime_env={"env_vars": LOCAL_ENV},
-                **common,
-                **local,
-            )
+            ray.init(**local_start_kwargs(max(min_cpus, os.cpu_count() or 2)), **common, **local)
     quiet_libraries()  # ray.init configures Ray's loggers: turn them down again

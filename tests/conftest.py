@@ -42,15 +42,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> P
     return build_tiny_model(out, gsm8k_texts(shared_data / "gsm8k" / "train.jsonl", limit=2000))
 
 
-from raystep.local_ray import LOCAL_CPUS  # noqa: E402
+from raystep.local_ray import local_start_kwargs  # noqa: E402
 
 RAY_INIT_KWARGS = dict(
-    address="local",  # always a fresh local instance, never a `ray start` cluster another job left running
-    num_cpus=LOCAL_CPUS,  # as a local raystep run has them: with 4, the demo's stages waited forever for a CPU
+    # a fresh local instance (never a `ray start` cluster another job left running) with the CPUs, worker
+    # environment and start-up concurrency a local raystep run has: with 4 CPUs the demo's stages waited
+    # forever for one
+    **local_start_kwargs(),
     include_dashboard=False,
     log_to_driver=False,
     configure_logging=False,
-    runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}},
 )
 
 

@@ -61,3 +61,41 @@ def test_a_driver_joining_a_loopback_ray_joins_on_loopback():
     assert is_loopback_address("127.0.0.1:6379") and is_loopback_address("ray://localhost:10001")
     assert is_loopback_address("[::1]:6379")
     assert not is_loopback_address("10.0.0.5:6379") and not is_loopback_address("auto")
+
+
+MANY_ACTORS = """
+import time
+import ray
+from raystep.local_ray import ensure_ray
+
+ensure_ray()
+
+@ray.remote(num_cpus=0.25)
+class Light:
+    def ping(self):
+        return 1
+
+actors = [Light.remote() for _ in range(24)]
+print("answered", sum(ray.get([a.ping.remote() for a in actors])), flush=True)
+time.sleep(2)  # the raylet's warnings reach the driver a moment later
+ray.shutdown()
+"""
+
+
+def test_a_stage_starting_many_actors_prints_no_raylet_warning(tmp_path):
+    """24 light actors (a stage's request and grading actors on the 8 logical CPUs) start without the
+    raylet's "N PYTHON worker processes have been started ... startup concurrency (2)" warning, which
+    Ray prints on the driver's terminal whatever ``log_to_driver`` says."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", MANY_ACTORS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "answered 24" in done.stdout
+    output = done.stdout + done.stderr
+    assert "worker processes have been started" not in output, output[-2000:]
