@@ -145,19 +145,25 @@ def to_public_pair(row: dict[str, Any]) -> dict[str, str]:
 
 @dataclass
 class Rejects:
-    """A sink for malformed rows: each is kept with its source, line and reason, and counted."""
+    """A sink for malformed rows: each is kept with its source, line and reason, and counted; ``save``
+    writes them to ``path`` (a local file or an object: one write, since a bucket cannot append)."""
 
-    path: Path
+    path: StoragePath
     count: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, source: str, line: int, reason: str, raw: Any) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps({"source": source, "line": line, "reason": reason, "raw": raw}) + "\n")
+        self.rows.append({"source": source, "line": line, "reason": reason, "raw": raw})
         self.count += 1
         key = reason.split(":")[0][:80]
         self.reasons[key] = self.reasons.get(key, 0) + 1
+
+    def save(self) -> None:
+        """Write every rejected row (nothing when there is none)."""
+        if self.rows:
+            with atomic_text(self.path) as fh:
+                fh.writelines(json.dumps(row) + "\n" for row in self.rows)
 
 
 def iter_json_lines(

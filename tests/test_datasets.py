@@ -219,6 +219,7 @@ def test_malformed_record_goes_to_rejects(tmp_path: Path, case: str, bad: str, r
     rows = load_problems(DataConfig(source="jsonl", path=str(path), rejects=True), rejects=rejects)
     assert [r["id"] for r in rows] == ["g0", "a", "g1", "g2"]  # every good row kept
     assert rejects.count == 1
+    rejects.save()
     kept = read_jsonl(rejects.path)
     assert (kept[0]["source"], kept[0]["line"]) == (str(path), 5)
     assert reason in kept[0]["reason"]

@@ -143,6 +143,8 @@ def test_malformed_row_goes_to_rejects_and_is_counted(
     rows = read_jsonl(path, kind, rejects)
     assert len(rows) == 3  # the three good rows, nothing else lost
     assert rejects.count == 1 and sum(rejects.reasons.values()) == 1
+    assert not rejects.path.exists()  # written once, by save
+    rejects.save()
     kept = read_jsonl(rejects.path)
     assert len(kept) == 1
     assert kept[0]["source"] == str(path) and kept[0]["line"] == 3

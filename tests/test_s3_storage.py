@@ -9,6 +9,7 @@ Reading objects back with boto3 (not pyarrow) checks that the rows really are in
 from __future__ import annotations
 
 import io
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from test_collect_rectify import make_config, problems_file, taught_model  # noqa: F401 (fixtures)
 
 from raystep import records
+from raystep.config import load_config
 from raystep.fs import ObjectPath, location
 from raystep.runs import RunDir
 from raystep.stages import collect, localize, rectify
@@ -102,6 +104,17 @@ def test_run_dir_accepts_a_bucket_and_names_a_uri_it_cannot_open(s3_env, tmp_pat
     assert cache.get("ab12") == {"verdict": 2} and "runs/unit/localized/judge-cache/ab/ab12.json" in (
         bucket_objects("runs/unit/")
     )
+
+    problems = tmp_path / "problems.jsonl"  # data.rejects on a bucket: the malformed row is kept there
+    problems.write_text('{"id": "a", "question": "1+1?", "answer": "2"}\n{broken\n')
+    config = load_config(
+        None,
+        [f"storage.root=s3://{BUCKET}/runs", "name=rj", "data.source=jsonl", f"data.path={problems}"]
+        + ["data.rejects=true"],
+    )
+    assert collect.ensure_problems(config, RunDir.from_config(config)) == 1
+    kept = [json.loads(line) for line in download("runs/rj/problems/rejects.jsonl").decode().splitlines()]
+    assert [(r["source"], r["line"], r["raw"]) for r in kept] == [(str(problems), 2, "{broken")]
 
     with pytest.raises(ValueError, match="raystep train needs a local or mounted run folder"):
         run.require_local("raystep train")  # train, eval, serve write plain files: they say so

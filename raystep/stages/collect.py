@@ -67,6 +67,8 @@ def ensure_problems(config: RunConfig, run: RunDir) -> int:
 
     rejects = Rejects(run.stage("problems") / "rejects.jsonl") if config.data.rejects else None
     problems = load_problems(config.data, rejects=rejects)
+    if rejects is not None:
+        rejects.save()
     if not problems:
         where = config.data.path or config.data.hub_name or config.data.source
         rejected = (

@@ -26,7 +26,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from tqdm import tqdm
@@ -43,6 +43,10 @@ from raystep.records import PAIR_FIELDS, PUBLIC_PAIR_FIELDS, read_parquet, to_pu
 from raystep.runs import RunDir, report_failures, timed_stage
 from raystep.stages.shards import ShardSet, arrow_schema, failure_stats, require_unique
 from raystep.stages.stream import done_keys, drop_done, read_stage, scan, write_shards
+
+if TYPE_CHECKING:
+    from ray.data import MaterializedDataset
+    from ray.data.grouped_data import GroupedData
 
 ChosenVerifier = Callable[[list[dict[str, Any]], RunConfig], tuple[list[dict[str, Any]], int, int]]
 
@@ -496,36 +500,13 @@ def _phase_pairs(config: RunConfig, run: RunDir, rectified: ShardSet, stats: dic
         stats["this_run"] = {}
         return pairs
     partitions = shuffle_partitions(stats["units"])
-    tagged = (
-        read_stage(rectified)
-        .groupby("sample_id", num_partitions=partitions)
-        .map_groups(_candidates, fn_kwargs={"config_json": config_json}, batch_format="pyarrow")
-        .materialize()  # in the object store: the candidates feed both the rollouts and the selection
-    )
-    if config.rectify.success_rollouts > 0:
-        rollouts = ShardSet(run.stage("rollouts"))
-        attempts = rollouts.reopen_failed("rollout_id", config.max_attempts)
-        done, _ = done_keys(rollouts)
-        requests = tagged.map_batches(
-            _rollout_requests, fn_kwargs={"config_json": config_json}, batch_format="pyarrow"
-        )
-        ds = graded_dataset(config, drop_done(requests, "rollout_id", done), to_rollout)
-        with tqdm(desc="rectify: success rollouts", unit="row", dynamic_ncols=True) as bar:
-            for shard in write_shards(
-                ds, rollouts, "rollout_id", config.sampling.shard_size, attempts=attempts
-            ):
-                bar.update(shard["rows"])
-        if rollouts.files():
-            tagged = tagged.union(
-                read_stage(rollouts, columns=["sample_id", "pair_id", "correct"]).map_batches(
-                    _as_tagged_rollout, batch_format="pyarrow"
-                )
-            )
-    selected = (
-        tagged.groupby("sample_id", num_partitions=partitions)
-        .map_groups(_select, fn_kwargs={"config_json": config_json}, batch_format="pyarrow")
-        .materialize()
-    )
+    by_sample = read_stage(rectified).groupby("sample_id", num_partitions=partitions)
+    if config.rectify.success_rollouts == 0:  # nothing between candidates and selection: one shuffle
+        selected = by_sample.map_groups(
+            _candidates_then_select, fn_kwargs={"config_json": config_json}, batch_format="pyarrow"
+        ).materialize()
+    else:
+        selected = _select_after_rollouts(config, run, by_sample, partitions)
     with tqdm(desc="rectify: pairs", unit="pair", dynamic_ncols=True) as bar:
         for shard in write_shards(
             selected.map_batches(_pairs_only, batch_format="pyarrow"),
@@ -539,6 +520,42 @@ def _phase_pairs(config: RunConfig, run: RunDir, rectified: ShardSet, stats: dic
         counts.update(json.loads(row["counts"]))  # one small row per batch of samples
     stats["this_run"] = dict(counts)
     return pairs
+
+
+def _candidates_then_select(group: pa.Table, config_json: str) -> pa.Table:
+    """Ray Data ``map_groups``: one sample's continuations -> its pairs and counts, in one pass."""
+    return _select(_candidates(group, config_json), config_json)
+
+
+def _select_after_rollouts(
+    config: RunConfig, run: RunDir, by_sample: GroupedData, partitions: int
+) -> MaterializedDataset:
+    """Candidates, their success rollouts (resumable rows of ``rollouts/``), then the selection."""
+    config_json = config.model_dump_json()
+    tagged = by_sample.map_groups(
+        _candidates, fn_kwargs={"config_json": config_json}, batch_format="pyarrow"
+    ).materialize()  # in the object store: the candidates feed both the rollouts and the selection
+    rollouts = ShardSet(run.stage("rollouts"))
+    attempts = rollouts.reopen_failed("rollout_id", config.max_attempts)
+    done, _ = done_keys(rollouts)
+    requests = tagged.map_batches(
+        _rollout_requests, fn_kwargs={"config_json": config_json}, batch_format="pyarrow"
+    )
+    ds = graded_dataset(config, drop_done(requests, "rollout_id", done), to_rollout)
+    with tqdm(desc="rectify: success rollouts", unit="row", dynamic_ncols=True) as bar:
+        for shard in write_shards(ds, rollouts, "rollout_id", config.sampling.shard_size, attempts=attempts):
+            bar.update(shard["rows"])
+    if rollouts.files():
+        tagged = tagged.union(
+            read_stage(rollouts, columns=["sample_id", "pair_id", "correct"]).map_batches(
+                _as_tagged_rollout, batch_format="pyarrow"
+            )
+        )
+    return (
+        tagged.groupby("sample_id", num_partitions=partitions)
+        .map_groups(_select, fn_kwargs={"config_json": config_json}, batch_format="pyarrow")
+        .materialize()
+    )
 
 
 def export_jsonl(pairs: list[dict[str, Any]], path: Any) -> int:

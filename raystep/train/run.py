@@ -45,6 +45,8 @@ def load_pairs(config: RunConfig, run_dir: RunDir) -> tuple[list[dict[str, Any]]
     path = find_pairs(config, run_dir)
     rejects = Rejects(run_dir.path / "train" / "rejects.jsonl") if config.data.rejects else None
     rows = read_rows(path, kind="pair", rejects=rejects)
+    if rejects is not None:
+        rejects.save()
     if config.train.mode in ("dpo", "sft"):
         bad = [
             i
