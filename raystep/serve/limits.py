@@ -11,10 +11,11 @@ and travel to the ingress as plain data in the Serve config.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from raystep.config import RunConfig
+from pydantic import ConfigDict, Field
+
+from raystep.config import RunConfig, ServeLimits
 
 CHARS_PER_TOKEN = 32
 """``serve.limits.max_prompt_chars`` when empty: this many characters per token of the context."""
@@ -25,18 +26,18 @@ MAX_STOP = 4
 """Stop sequences per request, as in OpenAI's API."""
 
 
-@dataclass(frozen=True)
-class RequestLimits:
+class RequestLimits(ServeLimits):
     """``serve.limits`` resolved against the engine's context: what the ingress enforces."""
 
-    max_request_bytes: int
-    max_json_depth: int
-    max_prompt_chars: int
-    max_choices: int
+    model_config = ConfigDict(frozen=True)
+
+    max_prompt_chars: int = Field(ge=1)
+    """As in ``serve.limits``, always filled in (from ``engine.max_model_len`` when empty there)."""
     max_model_len: int | None = None
+    """``engine.max_model_len``: the most tokens a prompt and its completion may take together."""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 def request_limits(config: RunConfig) -> RequestLimits:
@@ -44,13 +45,7 @@ def request_limits(config: RunConfig) -> RequestLimits:
     limits = config.serve.limits
     context = config.engine.max_model_len
     chars = limits.max_prompt_chars or CHARS_PER_TOKEN * (context or FALLBACK_CONTEXT)
-    return RequestLimits(
-        max_request_bytes=limits.max_request_bytes,
-        max_json_depth=limits.max_json_depth,
-        max_prompt_chars=chars,
-        max_choices=limits.max_choices,
-        max_model_len=context,
-    )
+    return RequestLimits(**{**limits.model_dump(), "max_prompt_chars": chars, "max_model_len": context})
 
 
 class Refusal(ValueError):
