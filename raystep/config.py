@@ -235,6 +235,10 @@ class EndpointConfig(Section):
     """Name of the environment variable holding the endpoint's key (empty variable: no key sent)."""
     concurrency: int = Field(default=32, ge=1)
     """Requests in flight from each sampling replica."""
+    max_rows_per_request: int = Field(default=16, ge=1)
+    """Samples of one prompt (consecutive seeds) sent as one request with ``n`` choices, at most this
+    many; keep it within the server's ``serve.limits.max_choices``. 1 for a server other than vLLM
+    (each choice's token count comes from vLLM's ``return_token_ids``)."""
     max_retries: int = Field(default=5, ge=0)
     """Retries of a failed request before its row keeps the error."""
     timeout_s: float = Field(default=600.0, gt=0.0)

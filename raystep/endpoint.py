@@ -15,9 +15,15 @@ import openai
 
 from raystep.retry import retrying
 
+VLLM_FIELDS: tuple[str, ...] = ("return_token_ids",)
+"""Request fields of vLLM's OpenAI server beyond OpenAI's own (the SDK sends them as ``extra_body``)."""
+
 
 def request_payload(item: dict[str, Any], model: str, api: str, sampling: dict[str, Any]) -> dict[str, Any]:
-    """The JSON body of one request, shared by the async client and the Ray Data path."""
+    """The JSON body of one request, shared by the async client and the Ray Data path.
+
+    ``sampling["return_token_ids"]`` asks a vLLM server for each choice's token ids, the only way to
+    count each choice's tokens when one request holds several (``usage`` sums them)."""
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": int(sampling["max_tokens"]),
@@ -30,6 +36,8 @@ def request_payload(item: dict[str, Any], model: str, api: str, sampling: dict[s
         body["stop"] = list(sampling["stop"])
     if int(sampling.get("n") or 1) > 1:
         body["n"] = int(sampling["n"])
+    if sampling.get("return_token_ids"):
+        body["return_token_ids"] = True
     if api == "chat":
         body["messages"] = item["messages"]
     else:
@@ -39,7 +47,8 @@ def request_payload(item: dict[str, Any], model: str, api: str, sampling: dict[s
 
 def parse_response(api: str, data: dict[str, Any]) -> dict[str, Any]:
     """Text, token counts and finish reason from a response body (dict form of either API); with several
-    choices (``n``), ``choices`` holds every text in index order."""
+    choices (``n``), ``choices`` holds every text in index order, ``finish_reasons`` theirs and
+    ``choice_tokens`` each one's token count (None unless the server returned ``token_ids``)."""
     choices = sorted(data.get("choices") or [], key=lambda c: c.get("index") or 0)
     if not choices:
         raise ValueError(f"response has no choices: {str(data)[:200]}")
@@ -55,6 +64,10 @@ def parse_response(api: str, data: dict[str, Any]) -> dict[str, Any]:
     }
     if len(texts) > 1:
         out["choices"] = texts
+        out["finish_reasons"] = [c.get("finish_reason") or "" for c in choices]
+        out["choice_tokens"] = [
+            len(c["token_ids"]) if c.get("token_ids") is not None else None for c in choices
+        ]
     return out
 
 
@@ -99,10 +112,12 @@ class EndpointClient:
         )
 
     async def _call(self, body: dict[str, Any]) -> dict[str, Any]:
+        fields = {k: v for k, v in body.items() if k not in VLLM_FIELDS}
+        extra = {k: body[k] for k in VLLM_FIELDS if k in body} or None
         if self.api == "chat":
-            resp = await self._client.chat.completions.create(**body)
+            resp = await self._client.chat.completions.create(**fields, extra_body=extra)
         else:
-            resp = await self._client.completions.create(**body)
+            resp = await self._client.completions.create(**fields, extra_body=extra)
         return parse_response(self.api, resp.model_dump())
 
     async def complete(self, item: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:

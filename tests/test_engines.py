@@ -38,6 +38,24 @@ def test_fan_out_records_a_seed_per_sample():
     assert len({r["seed"] for r in rows}) == 3
     assert all(r["extra"] == [1, 2] and r["prompt"] == "Q" for r in rows)
     assert rows == base.fan_out(row, 3, sampling(5))  # reproducible
+    # consecutive, as vLLM seeds the n choices of one request (choice j: seed + j)
+    first = base.derive_seed(5, "p1")
+    assert [r["seed"] for r in rows] == base.sample_seeds(5, 3, "p1") == [first, first + 1, first + 2]
+
+
+def test_request_groups_send_the_samples_of_one_prompt_together():
+    from raystep.engines.endpoint import request_groups
+
+    s = [sampling(100 + j) for j in range(5)]  # prompt A, seeds 100..104
+    rows = [("A", s[3]), ("B", sampling(100)), ("A", s[0]), ("A", s[1]), ("A", s[2]), ("A", s[4])]
+    rows += [("A", sampling(105, temperature=1.0)), ("A", sampling(200))]
+    groups = request_groups([p for p, _ in rows], [x for _, x in rows], most=4)
+    # A's seeds 100..103 in seed order, then 104 (at most 4 to a request); B alone; another temperature
+    # alone; a gap in the seeds alone
+    assert sorted(groups) == sorted([[2, 3, 4, 0], [5], [1], [6], [7]])
+    # a repeated seed never shares a request (vLLM would seed it as the next choice)
+    assert request_groups(["A"] * 3, [s[0], s[0], s[1]], most=4) == [[0], [1, 2]]
+    assert request_groups(["A"] * 5, s, most=1) == [[0], [1], [2], [3], [4]]
 
 
 def test_normalize_sampling_fills_defaults_and_names_missing_keys():

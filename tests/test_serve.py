@@ -472,6 +472,17 @@ def test_endpoint_engine_samples_through_the_served_policy(server: str, ray_loca
     assert {(r["id"], r["sample_index"]): r["generated_text"] for r in again} == {
         k: v["generated_text"] for k, v in by_key.items() if k[0] != "bad"
     }
+    # the samples of one prompt go as one request with n choices (seeds s, s+1, ...): each row draws what
+    # it draws sent alone, with its own token count and finish reason
+    many = base.fan_out({"id": "m", "prompt": PROMPTS[1]}, 4, sampling_defaults(cfg))
+    alone_cfg = cfg.model_copy(deep=True)
+    alone_cfg.sampling.endpoint.max_rows_per_request = 1
+    packed, alone = (
+        {r["sample_index"]: (r["generated_text"], r["num_generated_tokens"], r["finish_reason"]) for r in out}
+        for out in (build_generator(c)(ray_local.data.from_items(many)).take_all() for c in (cfg, alone_cfg))
+    )
+    assert packed == alone and len({text for text, _, _ in packed.values()}) > 1
+    assert all(0 < tokens <= 10 for _, tokens, _ in packed.values())
     endpoint = cfg.sampling.endpoint
     rollouts = EndpointSampler(endpoint).sample(
         PROMPTS[:2], 3, {"temperature": 1.0, "max_new_tokens": 6, "seed": 5}

@@ -321,3 +321,15 @@ def wandb_history(path: Path) -> list[dict]:
                 items = record.history.item
                 rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in items})
     return rows
+
+
+def test_training_on_cpu_does_not_build_deepspeeds_inference_all_reduce():
+    """DeepSpeed compiles its shared-memory all-reduce when its comm starts on CPU (about 50 s on 2 cores,
+    in every new virtualenv); training never uses it, so the worker turns the build off."""
+    import importlib
+
+    from raystep.train.loop import skip_inference_comm_build
+
+    ds_torch = importlib.import_module("deepspeed.comm.torch")  # the package's `torch` attribute is torch
+    skip_inference_comm_build()
+    assert ds_torch.build_shm_op() is None

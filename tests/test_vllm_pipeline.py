@@ -47,17 +47,19 @@ def ids(rows: list[dict]) -> list[str]:
     return sorted(r["sample_id"] for r in rows)
 
 
-@pytest.mark.timeout(1800)  # four vLLM engine starts: about a minute each on a busy 2-core machine
-def test_collect_localize_rectify_on_vllm(
-    ray_local,
-    taught_model,  # noqa: F811  (the imported fixture)
-    problems_file,  # noqa: F811
-    tmp_path,
-):
-    config = make_config(tmp_path, "vllm", taught_model, problems_file, *VLLM)
+@pytest.fixture(scope="module")
+def whole_collect(ray_local, taught_model, problems_file, tmp_path_factory):  # noqa: F811
+    """One uninterrupted collect on vLLM: the pipeline test continues from it, and the killed collect
+    must end with its rows."""
+    config = make_config(tmp_path_factory.mktemp("vllm"), "vllm", taught_model, problems_file, *VLLM)
     stats = collect.run(config)
+    return config, stats, read_parquet(RunDir.from_config(config).path / "samples", kind="sample")
+
+
+@pytest.mark.timeout(1800)  # three vLLM engine starts: about a minute each on a busy 2-core machine
+def test_collect_localize_rectify_on_vllm(whole_collect):
+    config, stats, samples = whole_collect
     run = RunDir.from_config(config)
-    samples = read_parquet(run.path / "samples", kind="sample")
     assert len(samples) == 24 and len(set(ids(samples))) == 24 and stats["samples"] == 24
     for r in samples:
         assert r["error"] is None and r["grade_status"] == "ok"
@@ -93,15 +95,14 @@ def test_collect_localize_rectify_on_vllm(
 @pytest.mark.timeout(1800)
 def test_a_killed_collect_on_vllm_resumes_to_the_same_rows(
     ray_local,
+    whole_collect,
     taught_model,  # noqa: F811  (the imported fixture)
     problems_file,  # noqa: F811
     tmp_path,
 ):
     """``raystep collect`` SIGKILLed right after its first shard, then rerun: the rows of an uninterrupted
     run, once each."""
-    whole = make_config(tmp_path, "whole", taught_model, problems_file, *VLLM)
-    collect.run(whole)
-    samples = read_parquet(Path(whole.run_dir) / "samples", kind="sample")
+    samples = whole_collect[2]
     killed = make_config(tmp_path, "killed", taught_model, problems_file, *VLLM)
     config_file = tmp_path / "killed.yaml"
     config_file.write_text(yaml.safe_dump(killed.model_dump(mode="json")))

@@ -7,7 +7,9 @@ max_new_tokens, seed, stop) plus any pass-through columns. Rows out are the same
 
 Engines return one completion per row (vLLM's Ray Data processor keeps only the first completion of
 ``n``), so N samples per prompt are N rows, each with its own recorded seed. Seeds are derived from
-stable keys, not from row order, so a resumed or re-batched run draws the same samples.
+stable keys, not from row order, so a resumed or re-batched run draws the same samples. The N seeds of
+one prompt are consecutive (:func:`sample_seeds`), the seeds vLLM gives the ``n`` choices of one
+request (choice j: ``seed + j``), so an engine may send them as one request and draw the same samples.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ def derive_seed(base: int, *keys: object) -> int:
     """
     text = ":".join([str(base), *(str(k) for k in keys)])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def sample_seeds(base: int, n: int, *keys: object) -> list[int]:
+    """The seeds of N samples of one prompt: ``derive_seed(base, *keys) + j``, consecutive, like the seeds
+    vLLM gives the ``n`` choices of a request seeded with the first, so that N rows and one request with
+    ``n = N`` draw the same samples (``raystep.engines.endpoint`` sends them so)."""
+    first = derive_seed(base, *keys)
+    return [first + j for j in range(n)]
 
 
 def make_sampling(
@@ -83,13 +93,11 @@ def fan_out(
 ) -> list[dict[str, Any]]:
     """N copies of ``row``, one per sample, each with ``sample_index``, its own ``seed`` and ``sampling``.
 
-    The seed of sample i is ``derive_seed(sampling['seed'], row[key], i)``: reproducible per row
-    whatever the batch, the shard or the number of replicas.
+    The seeds are ``sample_seeds(sampling['seed'], n, row[key])``: reproducible per row whatever the
+    batch, the shard or the number of replicas.
     """
-    base = int(sampling["seed"])
     out = []
-    for i in range(n):
-        seed = derive_seed(base, row[key], i)
+    for i, seed in enumerate(sample_seeds(int(sampling["seed"]), n, row[key])):
         out.append({**row, "sample_index": i, "seed": seed, "sampling": {**sampling, "seed": seed}})
     return out
 

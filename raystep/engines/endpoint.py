@@ -2,14 +2,16 @@
 
 One ``ray.serve.llm`` app (or any OpenAI-compatible vLLM server) can then answer every stage of a run,
 collect, rollout localization, rectify and evaluation, so the engine starts once instead of once per
-stage. Each row is one request with its own seed (vLLM seeds each request's generator, so a row draws
-the same text whatever else is in flight); a request that fails after its retries keeps its row, with
+stage. Each row keeps its own seed (vLLM seeds each request's generator, so a row draws the same text
+whatever else is in flight); the rows of one prompt, whose seeds are consecutive, share one request
+with ``n`` choices. A request that fails after its retries keeps its rows, with
 ``finish_reason = "error"`` and the message, like every engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,8 +55,66 @@ async def _complete_all(endpoint: EndpointConfig, prompts: list[str], sampling: 
         await client.close()
 
 
+def request_groups(prompts: list[str], sampling: list[dict[str, Any]], most: int) -> list[list[int]]:
+    """Row indices per request: rows with the same prompt and settings whose seeds run s, s+1, ...
+    (:func:`raystep.engines.base.sample_seeds`) go as one request with ``n`` choices seeded s, at most
+    ``most`` to a request. vLLM seeds choice j with s + j, so each row draws what it would alone."""
+    by_key: dict[tuple[str, str], list[int]] = {}
+    for i, (prompt, s) in enumerate(zip(prompts, sampling, strict=True)):
+        rest = json.dumps({k: v for k, v in s.items() if k != "seed"}, sort_keys=True)
+        by_key.setdefault((prompt, rest), []).append(i)
+    groups: list[list[int]] = []
+    for rows in by_key.values():
+        rows.sort(key=lambda i: sampling[i]["seed"])
+        group = [rows[0]]
+        for i in rows[1:]:
+            if len(group) < most and sampling[i]["seed"] == sampling[group[-1]]["seed"] + 1:
+                group.append(i)
+            else:
+                groups.append(group)
+                group = [i]
+        groups.append(group)
+    return groups
+
+
+def answered_row(
+    row: dict[str, Any], sampling: dict[str, Any], result: dict[str, Any], j: int, n: int
+) -> dict:
+    """Choice ``j`` of a request of ``n`` choices as the contract's output row (or the row with its error)."""
+    if result.get("error"):
+        return error_output({**row, "sampling": sampling}, result["error"])
+    if n == 1:
+        text, finish, tokens = (
+            result["response"],
+            result.get("finish_reason"),
+            result.get("completion_tokens"),
+        )
+    else:
+        choices = result.get("choices") or []
+        counts = result.get("choice_tokens") or []
+        if j >= len(choices) or j >= len(counts) or counts[j] is None:
+            return error_output(
+                {**row, "sampling": sampling},
+                f"the endpoint answered a request of n={n} without {n} choices and their token_ids (a server "
+                "other than vLLM?): set sampling.endpoint.max_rows_per_request=1",
+            )
+        text, finish, tokens = choices[j], result["finish_reasons"][j], counts[j]
+    return {
+        **row,
+        "sampling": sampling,
+        "generated_text": text,
+        "num_generated_tokens": int(tokens or 0),
+        "finish_reason": finish if finish in ("stop", "length") else "stop",
+        "generation_error": None,
+    }
+
+
 class EndpointUDF:
-    """Ray Data class-based UDF: a batch of contract rows sent concurrently, answered rows back."""
+    """Ray Data class-based UDF: a batch of contract rows sent concurrently, answered rows back.
+
+    The samples of one prompt (consecutive seeds) go as one request with ``n`` choices: on a small
+    machine each request's trip through Serve's proxy, ingress and engine server costs more than its
+    tokens (``benchmarks/bench_endpoint_batching.py``)."""
 
     def __init__(self, endpoint_json: str, defaults: dict[str, Any] | None = None):
         self.endpoint = EndpointConfig.model_validate_json(endpoint_json)
@@ -67,25 +127,15 @@ class EndpointUDF:
 
     def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         sampling = [normalize_sampling(r.get("sampling"), self.defaults) for r in rows]
-        results = asyncio.run(
-            _complete_all(self.endpoint, [r["prompt"] for r in rows], [request_sampling(s) for s in sampling])
-        )
-        out = []
-        for row, s, res in zip(rows, sampling, results, strict=True):
-            if res.get("error"):
-                out.append(error_output({**row, "sampling": s}, res["error"]))
-                continue
-            finish = res.get("finish_reason") or "stop"
-            out.append(
-                {
-                    **row,
-                    "sampling": s,
-                    "generated_text": res["response"],
-                    "num_generated_tokens": int(res.get("completion_tokens") or 0),
-                    "finish_reason": finish if finish in ("stop", "length") else "stop",
-                    "generation_error": None,
-                }
-            )
+        groups = request_groups([r["prompt"] for r in rows], sampling, self.endpoint.max_rows_per_request)
+        requests = [
+            {**request_sampling(sampling[g[0]], n=len(g)), "return_token_ids": len(g) > 1} for g in groups
+        ]
+        results = asyncio.run(_complete_all(self.endpoint, [rows[g[0]]["prompt"] for g in groups], requests))
+        out: list[dict[str, Any]] = [{} for _ in rows]
+        for group, result in zip(groups, results, strict=True):
+            for j, i in enumerate(group):
+                out[i] = answered_row(rows[i], sampling[i], result, j, len(group))
         return out
 
 

@@ -72,12 +72,15 @@ def demo_overrides(size: str, port: int) -> list[str]:
         "sampling.temperature=0.8",
         "sampling.top_p=0.95",
         "sampling.max_new_tokens=80",
-        "sampling.batch_size=64",
-        "sampling.concurrency=2",  # two light request actors keep the served policy busy between batches
+        # two light request actors, each with 256 rows (32 requests of 8 choices in rectify) in flight:
+        # fewer, fuller requests keep the served policy busy (benchmarks/bench_endpoint_batching.py)
+        "sampling.batch_size=256",
+        "sampling.concurrency=2",
         "sampling.shard_size=64",
         "localize.methods=[verifier, rollout]",
         "localize.combine=first",
         "localize.verifier=arithmetic",
+        "localize.batch_size=64",
         f"localize.rollout.num_rollouts={s['rollouts']}",
         "localize.rollout.max_new_tokens=80",
         f"rectify.n={s['rectify_n']}",

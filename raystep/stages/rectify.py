@@ -35,7 +35,7 @@ from raystep import steps
 from raystep.config import RunConfig
 from raystep.config_args import add_config_arguments, config_from_args
 from raystep.engines import config_and_tokenizer
-from raystep.engines.base import derive_seed, make_sampling
+from raystep.engines.base import make_sampling, sample_seeds
 from raystep.engines.graded import graded_dataset
 from raystep.errors import ROWS_FAILED
 from raystep.local_ray import ensure_ray
@@ -128,8 +128,8 @@ def continuation_requests(
     for unit in units:
         prefix, _, _ = wrong_step(unit)
         prompt = steps.build_prompt(config.model.template, unit["question"], prefix, tokenizer)
-        for j in range(config.rectify.n):
-            seed = derive_seed(config.sampling.seed, unit["sample_id"], "rectify", j)
+        seeds = sample_seeds(config.sampling.seed, config.rectify.n, unit["sample_id"], "rectify")
+        for j, seed in enumerate(seeds):
             rows.append(
                 {
                     "sample_id": unit["sample_id"],
@@ -281,8 +281,8 @@ def rollout_requests(
         unit = units[c["sample_id"]]
         prefix = c["initial_reason_steps"] + c["chosen"]
         prompt = steps.build_prompt(config.model.template, unit["question"], prefix, tokenizer)
-        for j in range(config.rectify.success_rollouts):
-            seed = derive_seed(config.sampling.seed, c["pair_id"], "success", j)
+        seeds = sample_seeds(config.sampling.seed, config.rectify.success_rollouts, c["pair_id"], "success")
+        for j, seed in enumerate(seeds):
             rows.append(
                 {
                     "sample_id": c["sample_id"],

@@ -213,6 +213,15 @@ def setup_data(w: Worker) -> Data:
     return Data(pairs, TrainPlan.for_run(w.train, len(pairs), w.world), pad_id)
 
 
+def skip_inference_comm_build() -> None:
+    """Keep DeepSpeed from compiling its shared-memory all-reduce when its comm starts on CPU (about 50 s
+    on 2 cores, again in every new virtualenv): only DeepSpeed inference's ``inference_all_reduce`` uses
+    it, never training, whose collectives are torch.distributed's."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def setup_engine(w: Worker, plan: TrainPlan) -> tuple[Any, Any, dict[str, Any]]:
     """The policy (LoRA, gradient checkpointing) in a DeepSpeed engine: ``(engine, hf_zero3, ds_config)``.
 
@@ -225,6 +234,7 @@ def setup_engine(w: Worker, plan: TrainPlan) -> tuple[Any, Any, dict[str, Any]]:
 
     t = w.train
     ds_config = deepspeed_config(t, plan)
+    skip_inference_comm_build()
     hf_zero3 = None
     if t.zero_stage == 3:
         from transformers.integrations import HfDeepSpeedConfig
@@ -333,7 +343,6 @@ def setup_reference(w: Worker, engine: Any, data: Data, start_step: int, ref_tab
 
 def train(w: Worker, engine: Any, ref_model: Any, data: Data, start_step: int, ref_table: Any) -> None:
     """The step loop: micro-batches -> loss -> backward -> optimizer step; one log row per step."""
-    import ray.train
 
     from raystep.train.batch_loss import batch_loss
     from raystep.train.metrics import (
@@ -386,10 +395,10 @@ def train(w: Worker, engine: Any, ref_model: Any, data: Data, start_step: int, r
             log.log(row)
             trackers.log(row)
         done = step + 1
+        # metrics go to the step log and the trackers above; Ray gets them with each checkpoint only, since
+        # a report waits for the controller's next poll (2 s) and would pace every faster step to it
         if done % t.checkpoint_every_steps == 0 or done == total:
             _save_and_report(engine, row, done, rank, ref_table)
-        else:
-            ray.train.report(row)
 
     if rank == 0:
         log.finish(total)

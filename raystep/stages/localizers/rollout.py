@@ -49,11 +49,11 @@ class HFSampler:
         return cls(HFGenerator(model_path, **kwargs))
 
     def sample(self, prompts: list[str], n: int, sampling: dict[str, Any]) -> list[list[str]]:
-        from raystep.engines.base import derive_seed
+        from raystep.engines.base import sample_seeds
 
         base = int(sampling.get("seed", 0))
         flat_prompts = [p for p in prompts for _ in range(n)]
-        flat_sampling = [{**sampling, "seed": derive_seed(base, p, r)} for p in prompts for r in range(n)]
+        flat_sampling = [{**sampling, "seed": s} for p in prompts for s in sample_seeds(base, n, p)]
         outs = self.generator.generate(flat_prompts, flat_sampling)
         texts = [o["generated_text"] for o in outs]
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
