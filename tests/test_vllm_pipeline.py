@@ -48,9 +48,14 @@ def ids(rows: list[dict]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def whole_collect(ray_local, taught_model, problems_file, tmp_path_factory):  # noqa: F811
+def whole_collect(taught_model, problems_file, tmp_path_factory):  # noqa: F811
     """One uninterrupted collect on vLLM: the pipeline test continues from it, and the killed collect
     must end with its rows."""
+    import ray
+    from conftest import start_local_ray
+
+    if not ray.is_initialized():  # what the (function-scoped) ray_local fixture does
+        start_local_ray()
     config = make_config(tmp_path_factory.mktemp("vllm"), "vllm", taught_model, problems_file, *VLLM)
     stats = collect.run(config)
     return config, stats, read_parquet(RunDir.from_config(config).path / "samples", kind="sample")
