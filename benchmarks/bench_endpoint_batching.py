@@ -1,7 +1,8 @@
 """The demo's rectify workload sent to the served policy one prompt per request, or many per request.
 
 Rectify asks the demo's policy for 8 continuations of up to 80 tokens for each of 448 wrong samples:
-3,584 rows. Through ``ray.serve.llm`` each request crosses Serve's proxy, the OpenAI ingress and the
+3,584 rows. This script sends work of the same shape (448 world problems as prompts, 8 continuations
+each, 80 tokens, temperature 0.8, top-p 0.95), as ``bench_rectify_engine.py`` does for the engine alone. Through ``ray.serve.llm`` each request crosses Serve's proxy, the OpenAI ingress and the
 engine's server, three processes on a 2-core machine. This script serves the policy once, the way the
 demo does, then sends the same rows, side by side in one run:
 
@@ -10,7 +11,6 @@ demo does, then sends the same rows, side by side in one run:
   choice j with ``seed + j``, so the rows' seeds are the same in both shapes);
 
 each with 64 rows in flight (the demo's two request actors x 32), and the second also with 512.
-(One row per request with 256 in flight was tried and is slower than with 64: 3.5 rows/s.)
 
 It prints the seconds, requests and generated tokens/s of each, and their ratio, from the driver with
 raystep's own OpenAI client (no Ray Data in between: this isolates the serving path).
