@@ -55,12 +55,22 @@ def read_stage(
     files = [fs.arrow_args(f) for f in shards.files()]
     if not files:
         raise FileNotFoundError(f"{shards.folder}: no shards")
-    ds = ray.data.read_parquet(
-        [where for where, _ in files],
-        filesystem=files[0][1],  # None: local; else the run folder's pyarrow filesystem
-        columns=columns,
-        include_paths=kind is not None,
-    )
+    # Ray Data's DataSourceV2 Parquet reader (the default) starts 32 footer-reader actors for every read
+    # (RAY_DATA_PARQUET_FOOTER_NUM_ACTORS): 13-25 s per stage on 2 cores before a row moves, whatever the
+    # size; the V1 reader fetches footers in the driver (in tasks for many files). 0.4 s here
+    # (benchmarks/bench_stage_read.py).
+    context = ray.data.DataContext.get_current()
+    v2, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        ds = ray.data.read_parquet(
+            [where for where, _ in files],
+            filesystem=files[0][1],  # None: local; else the run folder's pyarrow filesystem
+            columns=columns,
+            include_paths=kind is not None,
+            override_num_blocks=len(files),  # a shard is a block: split further, 64 rows made 16 tasks
+        )
+    finally:
+        context.use_datasource_v2 = v2
     if kind is not None:
         ds = ds.map_batches(
             _check_rows, fn_kwargs={"kind": kind, "key": key}, batch_format="pyarrow", zero_copy_batch=True
