@@ -77,7 +77,9 @@ def main() -> None:
         results = {
             "v2": timed(lambda: ray.data.read_parquet(files).materialize().count(), args.repeats, expected),
             "read_stage": timed(
-                lambda: read_stage(shards, kind="problem", key="id").materialize().count(), args.repeats, expected
+                lambda: read_stage(shards, kind="problem", key="id").materialize().count(),
+                args.repeats,
+                expected,
             ),
         }
     print(f"{args.shards} shards x {args.rows} rows, {args.repeats} reads each after a first one")
