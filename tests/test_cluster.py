@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,11 @@ CRD_FILES = {
 }
 
 
+@functools.cache
 def crd_schema(kind: str, version: str = "v1") -> dict[str, Any]:
-    crd = yaml.safe_load((CRD_DIR / CRD_FILES[kind]).read_text())
+    """The CRD's schema, read once (megabytes of YAML: libyaml's loader where PyYAML has it)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load((CRD_DIR / CRD_FILES[kind]).read_text(), Loader=loader)
     (entry,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     return entry["schema"]["openAPIV3Schema"]
 
