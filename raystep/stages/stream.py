@@ -57,8 +57,8 @@ def read_stage(
         raise FileNotFoundError(f"{shards.folder}: no shards")
     # Ray Data's DataSourceV2 Parquet reader (the default) starts 32 footer-reader actors for every read
     # (RAY_DATA_PARQUET_FOOTER_NUM_ACTORS): 13-25 s per stage on 2 cores before a row moves, whatever the
-    # size; the V1 reader fetches footers in the driver (in tasks for many files). 0.4 s here
-    # (benchmarks/bench_stage_read.py).
+    # size; the V1 reader fetches footers in the driver (in tasks for many files): 15.8 s vs 0.2 s a read
+    # here (benchmarks/bench_stage_read.py).
     context = ray.data.DataContext.get_current()
     v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
@@ -67,7 +67,7 @@ def read_stage(
             filesystem=files[0][1],  # None: local; else the run folder's pyarrow filesystem
             columns=columns,
             include_paths=kind is not None,
-            override_num_blocks=len(files),  # a shard is a block: split further, 64 rows made 16 tasks
+            override_num_blocks=len(files),  # one block a shard (auto-split, a 64-row shard made 16 tasks)
         )
     finally:
         context.use_datasource_v2 = v2
