@@ -2,8 +2,8 @@
 
 Rectify asks the demo's policy for 8 continuations of up to 80 tokens for each of 448 wrong samples:
 3,584 rows. This script sends work of the same shape (448 world problems as prompts, 8 continuations
-each, 80 tokens, temperature 0.8, top-p 0.95), as ``bench_rectify_engine.py`` does for the engine alone. Through ``ray.serve.llm`` each request crosses Serve's proxy, the OpenAI ingress and the
-engine's server, three processes on a 2-core machine. This script serves the policy once, the way the
+each, 80 tokens, temperature 0.8, top-p 0.95), as ``bench_rectify_engine.py`` does for the engine alone.
+Through ``ray.serve.llm`` each request crosses Serve's proxy, the OpenAI ingress and the engine's server, three processes on a 2-core machine. This script serves the policy once, the way the
 demo does, then sends the same rows, side by side in one run:
 
 - one row per request, each with its own seed (the endpoint engine before this benchmark);

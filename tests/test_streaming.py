@@ -104,3 +104,22 @@ def test_deciding_what_is_done_reads_only_metadata(tmp_path, ray_local):
     ref, count = done_keys(shards)
     assert count == len(rows)
     assert sorted(ray_local.get(ref).to_pylist()) == sorted(r["sample_id"] for r in rows)
+
+
+def test_a_stage_read_is_one_block_a_shard_without_ray_datas_footer_actors(tmp_path, ray_local):
+    """``read_stage`` asks for Ray Data's V1 Parquet reader (the default V2 reader starts 32 footer-reader
+    actors per read) and one block per shard, and leaves the process's Data context as it found it."""
+    from raystep.records import PROBLEM_FIELDS
+    from raystep.stages.stream import read_stage
+
+    shards = ShardSet(tmp_path / "problems", schema=PROBLEM_FIELDS, kind="problem")
+    for s in range(3):
+        rows = [{"id": f"p{s}-{i}", "dataset": "t", "question": "q", "answer": str(i)} for i in range(5)]
+        shards.write(rows, [r["id"] for r in rows], inject=False)
+    context = ray_local.data.DataContext.get_current()
+    before = context.use_datasource_v2
+    read = read_stage(shards, kind="problem", key="id").materialize()
+    assert context.use_datasource_v2 == before
+    assert (read.num_blocks(), read.count()) == (3, 15)
+    stats = read.stats()
+    assert "ReadParquet" in stats and "ListFiles" not in stats
