@@ -561,6 +561,10 @@ class ServeConfig(Section):
     ingress_cpus: float = Field(default=0.25, ge=0.0)
     """CPUs the ingress replica reserves. It only forwards HTTP; Serve's default (one whole CPU) left a
     4-CPU node with none for the Ray Data tasks of a stage sampling through the served model."""
+    weight_swap: bool = False
+    """Let a caller load another checkpoint of the same architecture and tokenizer into the running engine
+    (``raystep.serve.swap``): the demo, sweep and ablation serve all their models with one engine start.
+    A replica Serve restarts loads ``model`` again, so deployments leave it off."""
     limits: ServeLimits = Field(default_factory=ServeLimits)
 
 

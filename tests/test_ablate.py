@@ -240,8 +240,6 @@ def test_each_round_samples_and_trains_from_the_last_rounds_served_model(tmp_pat
     """Iterative Step-DPO's wiring, with the stages, training and serving recorded instead of run (each
     runs for real in the end-to-end test below and in their own tests): round r's pairs are sampled
     from round r-1's Step-DPO model while it is served, and round r trains from that model."""
-    import contextlib
-
     from raystep.experiments import ablate, demo
     from raystep.synth import policy
 
@@ -255,10 +253,9 @@ def test_each_round_samples_and_trains_from_the_last_rounds_served_model(tmp_pat
     def label(model_dir) -> str:  # the policy, or the training run a model came from
         return "policy" if Path(model_dir) == policy_dir else Path(model_dir).parent.name
 
-    @contextlib.contextmanager
-    def served(config, model_dir, needed=True):
+    def serve(server, model_dir, needed=True):
         calls.append(("serve", label(model_dir)))
-        yield f"http://127.0.0.1:1/{label(model_dir)}/v1"
+        return f"http://127.0.0.1:1/{label(model_dir)}/v1"
 
     def build_pairs(cfg):
         calls.append(("pairs", cfg.name, label(cfg.model.path), cfg.sampling.endpoint.base_url))
@@ -284,7 +281,7 @@ def test_each_round_samples_and_trains_from_the_last_rounds_served_model(tmp_pat
         tax = {"wrong": 1, "categories": {"arithmetic": 1, "reasoning": 0, "format": 0, "other": 0}}
         return {"greedy": 0.5, "sampled": 0.4, "taxonomy": tax, "greedy_folder": str(model_dir)}
 
-    for name, fake in (("served", served), ("build_pairs", build_pairs), ("evaluate", evaluate)):
+    for name, fake in (("serve", serve), ("build_pairs", build_pairs), ("evaluate", evaluate)):
         monkeypatch.setattr(ablate, name, fake)
     monkeypatch.setattr(demo, "train_once", train_once)
 
@@ -320,16 +317,27 @@ def test_each_round_samples_and_trains_from_the_last_rounds_served_model(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # 2 models served, 1 trained
+@pytest.mark.timeout(900)  # 2 models served by one engine, 1 trained
 def test_tiny_ablation_end_to_end(tmp_path, ray_local, monkeypatch):
-    """warm-up -> pairs -> Step-DPO -> greedy and sampled evaluation -> report. Every model is served
-    with ``ray.serve.llm`` (vLLM's CPU build) and sampled through the ``endpoint`` engine, as the demo
-    does; a rerun finds everything done and serves nothing. The other arms differ only in their
-    training config, and later rounds only in which model they start from (both tested above); each
-    would add a training and an engine start, so they are left out (``optional=[]``, one round)."""
+    """warm-up -> pairs -> Step-DPO -> greedy and sampled evaluation -> report. One ``ray.serve.llm``
+    engine (vLLM's CPU build) serves the policy, then the trained model loaded into it, sampled through
+    the ``endpoint`` engine, as the demo does; a rerun finds everything done and serves nothing. The
+    other arms differ only in their training config, and later rounds only in which model they start
+    from (both tested above); each would add a training, so they are left out (``optional=[]``, one
+    round)."""
     import socket
 
     from raystep.experiments.ablate import ablate_overrides, run
+    from raystep.serve import run as serve_run
+
+    starts: list[str | None] = []
+    real_start = serve_run.start
+
+    def counted(config):
+        starts.append(config.serve.model)
+        return real_start(config)
+
+    monkeypatch.setattr(serve_run, "start", counted)
 
     with socket.socket() as sock:  # a free port for the served models
         sock.bind(("127.0.0.1", 0))
@@ -355,6 +363,7 @@ def test_tiny_ablation_end_to_end(tmp_path, ray_local, monkeypatch):
         ],
     )
     report = run(cfg, [0], rounds=1, samples=2, progress=False, optional=[])
+    assert starts == [str(tmp_path / "tiny" / "policy")]  # one engine start: the trained model was loaded
     folder = tmp_path / "tiny" / "ablate"
     for name in ("ablate.md", "ablate.json", "ablate.png"):
         assert (folder / name).exists(), name
@@ -370,8 +379,6 @@ def test_tiny_ablation_end_to_end(tmp_path, ray_local, monkeypatch):
     assert [r["round"] for r in report["per_seed"]] == [1]
     text = (folder / "ablate.md").read_text()
     assert "| Step-DPO |" in text and "| no training |" in text
-
-    from raystep.serve import run as serve_run
 
     def refuse(_config):
         raise AssertionError("a rerun with every answer in its folder served a model")

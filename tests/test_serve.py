@@ -79,6 +79,7 @@ def server(tiny_model: Path):
                 "host": "0.0.0.0",
                 "port": free_port(),
                 "api_key_env": KEY_ENV,
+                "weight_swap": True,
             },
         }
     )
@@ -488,3 +489,51 @@ def test_endpoint_engine_samples_through_the_served_policy(server: str, ray_loca
         PROMPTS[:2], 3, {"temperature": 1.0, "max_new_tokens": 6, "seed": 5}
     )
     assert [len(r) for r in rollouts] == [3, 3] and len(set(rollouts[0])) > 1
+
+
+def test_a_checkpoint_loaded_in_place_answers_as_that_checkpoint(
+    server: str, client: openai.OpenAI, reference, tiny_model: Path, tmp_path: Path
+):
+    """``raystep.serve.swap``: the engine, given another checkpoint of the same model, gives the next-token
+    log-probabilities ``transformers`` computes on that checkpoint (vLLM's CPU reload alone leaves the tied
+    LM head on the old weights), and the first checkpoint's again after swapping back."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from raystep.serve.run import APP_NAME
+    from raystep.serve.swap import check_swappable, swap_weights
+
+    other = tmp_path / "perturbed"
+    shutil.copytree(tiny_model, other)
+    models = [AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32) for _ in range(2)]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in models[1].parameters():
+            param.add_(2.0 * param.std() * torch.randn(param.shape, generator=gen))
+    models[1].save_pretrained(other)
+    tok = reference.tokenizer
+
+    def top_logprob(model, text: str) -> float:  # the greedy next token's log-probability
+        with torch.no_grad():
+            logits = model(torch.tensor([tok(text)["input_ids"]])).logits[0, -1]
+        return torch.log_softmax(logits, -1).max().item()
+
+    def served() -> list[float]:
+        return [
+            client.completions.create(model=MODEL_ID, prompt=p, max_tokens=1, temperature=0, logprobs=1)
+            .choices[0]
+            .logprobs.token_logprobs[0]
+            for p in PROMPTS
+        ]
+
+    original, expected = ([top_logprob(m, p) for p in PROMPTS] for m in models)
+    assert min(abs(a - b) for a, b in zip(original, expected, strict=True)) > 1e-2  # the perturbation shows
+    check_swappable(tiny_model, other)
+    try:
+        assert swap_weights(other, APP_NAME) == [str(other)]
+        assert served() == pytest.approx(expected, abs=1e-3)
+    finally:
+        swap_weights(tiny_model, APP_NAME)
+    assert served() == pytest.approx(original, abs=1e-3)

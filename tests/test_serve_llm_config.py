@@ -110,6 +110,52 @@ def test_cpu_engine_is_eager_float32_on_the_mp_executor_with_a_sized_kv_cache(tm
     assert kwargs["enforce_eager"] is False and kwargs["max_num_seqs"] == 8
 
 
+def test_weight_swap_adds_raysteps_worker_extension_and_only_then():
+    """Deployments load ``serve.model`` alone; an experiment's engine (``serve.weight_swap``) gets the worker
+    extension that loads its next checkpoint in place, which ``ray.serve.llm``'s config accepts."""
+    from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+
+    from raystep.serve.swap import EXTENSION, WeightSwap
+
+    assert "worker_extension_cls" not in llm_config(gpu_config())["engine_kwargs"]
+    raw = llm_config(gpu_config(weight_swap=True))
+    assert LLMConfig.model_validate(raw).engine_kwargs["worker_extension_cls"] == EXTENSION
+    module, name = EXTENSION.rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name) is WeightSwap  # what vLLM will import
+
+
+def test_a_checkpoint_of_another_shape_or_tokenizer_is_refused(tmp_path: Path, shared_data: Path):
+    """Only a checkpoint the engine's model and tokenizer fit loads in place; one whose tokenizer files are
+    written differently but load as the same tokenizer (what an export writes) does."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from raystep.serve.swap import check_swappable
+    from raystep.tiny import build_tokenizer, gsm8k_texts
+
+    texts = gsm8k_texts(shared_data / "gsm8k" / "train.jsonl", limit=200)
+    base = tmp_path / "a"
+    build_tokenizer(texts, base, vocab_size=400)
+    config = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64}
+    (base / "config.json").write_text(json.dumps(config))
+    resaved, wider, retokenized = (tmp_path / n for n in ("resaved", "wider", "retok"))
+    for folder in (resaved, wider):
+        shutil.copytree(base, folder)
+    AutoTokenizer.from_pretrained(base).save_pretrained(resaved)  # as the export writes it
+    (resaved / "config.json").write_text(json.dumps({**config, "torch_dtype": "float32"}))  # not a shape
+    (wider / "config.json").write_text(json.dumps({**config, "hidden_size": 128}))
+    build_tokenizer(texts, retokenized, vocab_size=500)
+    (retokenized / "config.json").write_text(json.dumps(config))
+    assert (resaved / "tokenizer_config.json").read_text() != (base / "tokenizer_config.json").read_text()
+    check_swappable(base, resaved)
+    with pytest.raises(ValueError, match="hidden_size"):
+        check_swappable(base, wider)
+    with pytest.raises(ValueError, match="tokenizer"):
+        check_swappable(base, retokenized)
+
+
 def test_model_source_is_the_run_folder_a_bucket_or_the_override():
     assert model_source(gpu_config()) == "/mnt/runs/qwen-7b/model"
     bucket = RunConfig.model_validate({"name": "r1", "storage": {"root": "s3://bucket/runs/"}})

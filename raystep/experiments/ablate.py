@@ -13,11 +13,12 @@ pairs with the same budget (epochs, batch) from the same start:
 
 Every model answers the same held-out problems (the world's ``test`` split, ``eval.limit`` of them)
 through the collect stage, greedily and sampled (temperature 0.8, ``--samples`` per problem), with the
-same sampling seeds for every arm. Like the demo, each model is served once with ``ray.serve.llm``
-(vLLM, CPU or GPU) and every stage samples from it (``sampling.engine: endpoint``): the start policy
-answers its own evaluation and every seed's round-1 data stages, each trained arm its evaluation, and a
-round's Step-DPO model its evaluation and the next round's data stages. A model whose work is all in
-its folders already (a rerun) is not served again. The report gives each arm's mean
+same sampling seeds for every arm. Like the demo, one ``ray.serve.llm`` engine (vLLM, CPU or GPU) serves
+every model in turn, each trained model loaded into it in place (``raystep.serve.swap``: one engine start
+for the whole ablation), and every stage samples from it (``sampling.engine: endpoint``): the start
+policy answers its own evaluation and every seed's round-1 data stages, each trained arm its evaluation,
+and a round's Step-DPO model its evaluation and the next round's data stages. A model whose work is all
+in its folders already (a rerun) is not served again. The report gives each arm's mean
 over seeds with a Student-t interval, the paired difference of Step-DPO against every other arm per
 seed with its t-interval, the verifier's taxonomy of the greedy failures of every arm, and, with
 ``--rounds N``, iterative Step-DPO: round r collects with round r-1's Step-DPO model and trains from it.
@@ -30,10 +31,8 @@ trained again, and evaluations resume by folder.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from raystep.config_args import add_config_arguments
 from raystep.errors import RowsFailedError
 from raystep.experiments.ablate_report import ARMS, METHOD, METRICS, OPTIONAL, plot, render, summarize
 from raystep.runs import RunDir
+from raystep.serve.run import Server
 
 
 def with_overrides(config: RunConfig, items: list[str]) -> RunConfig:
@@ -144,23 +144,10 @@ def evaluated(config: RunConfig, model_dir: str, name: str, samples: int, split:
     )
 
 
-@contextlib.contextmanager
-def served(config: RunConfig, model_dir: str, needed: bool = True) -> Iterator[str | None]:
-    """``model_dir`` served with ``ray.serve.llm`` (the demo's serving) while the block runs; yields its
-    URL, or None when ``needed`` is false (the block's work is all done: no engine start)."""
-    from raystep.console import quiet_libraries
-    from raystep.experiments.demo import eval_config as serve_config
-    from raystep.serve import run as serve_run
-
-    if not needed:
-        yield None
-        return
-    url = serve_run.start(serve_config(config, model_dir, "ablate"))
-    try:
-        yield url
-    finally:
-        serve_run.shutdown()
-        quiet_libraries()
+def serve(server: Server, model_dir: str, needed: bool = True) -> str | None:
+    """The URL of ``model_dir`` served by the ablation's one engine (started for the first model, every later
+    one loaded into it), or None when ``needed`` is false (its work is all done: nothing served)."""
+    return server.serve(model_dir) if needed else None
 
 
 def through(cfg: RunConfig, url: str | None) -> RunConfig:
@@ -297,45 +284,48 @@ def run(
     needed = not evaluated(base, str(policy_dir), start_name, samples) or not all(
         pairs_built(c) for c in first.values()
     )
-    # the start policy, served once: its evaluation and every seed's round-1 pairs
-    with served(base, str(policy_dir), needed) as url:
+    with Server(base) as server:  # one engine start; each trained model is loaded into it
+        # the start policy: its evaluation and every seed's round-1 pairs
+        url = serve(server, str(policy_dir), needed)
         baseline = evaluate(through(base, url), str(policy_dir), start_name, samples)
         data = {seed: build_pairs(through(cfg, url)) for seed, cfg in first.items()}
-    per_seed: list[dict[str, Any]] = []
-    for seed in seeds:
-        data_cfg, built = first[seed], data[seed]
-        seed_rows: list[dict[str, Any]] = []
-        for rnd in range(1, rounds + 1):
-            files = built.pop("files")
-            row: dict[str, Any] = {"seed": seed, "round": rnd, **built, "arms": {}}
-            row["arms"]["no training"] = baseline if rnd == 1 else seed_rows[-1]["arms"][METHOD]
-            arms = [a for a, spec in ARMS.items() if spec and a in chosen] if rnd == 1 else [METHOD]
-            for arm in arms:  # Step-DPO last: its served model also builds the next round's pairs
-                _, whose = ARMS[arm]  # type: ignore[misc]
-                pairs_file = files[whose]
-                if count_lines(pairs_file) == 0:
-                    raise RuntimeError(f"{pairs_file}: no pairs for arm {arm!r} (seed {seed}, round {rnd})")
-                cfg = arm_config(data_cfg, arm, pairs_file, tuned)
-                model_dir = str(demo.train_once(cfg)["model_dir"])
-                nxt = (
-                    round_config(base, config.name, seed, rnd + 1, model_dir)
-                    if arm == METHOD and rnd < rounds
-                    else None
-                )
-                needed = not evaluated(cfg, model_dir, cfg.name, samples) or (
-                    nxt is not None and not pairs_built(nxt)
-                )
-                with served(cfg, model_dir, needed) as url:
+        per_seed: list[dict[str, Any]] = []
+        for seed in seeds:
+            data_cfg, built = first[seed], data[seed]
+            seed_rows: list[dict[str, Any]] = []
+            for rnd in range(1, rounds + 1):
+                files = built.pop("files")
+                row: dict[str, Any] = {"seed": seed, "round": rnd, **built, "arms": {}}
+                row["arms"]["no training"] = baseline if rnd == 1 else seed_rows[-1]["arms"][METHOD]
+                arms = [a for a, spec in ARMS.items() if spec and a in chosen] if rnd == 1 else [METHOD]
+                for arm in arms:  # Step-DPO last: its served model also builds the next round's pairs
+                    _, whose = ARMS[arm]  # type: ignore[misc]
+                    pairs_file = files[whose]
+                    if count_lines(pairs_file) == 0:
+                        raise RuntimeError(
+                            f"{pairs_file}: no pairs for arm {arm!r} (seed {seed}, round {rnd})"
+                        )
+                    cfg = arm_config(data_cfg, arm, pairs_file, tuned)
+                    model_dir = str(demo.train_once(cfg)["model_dir"])
+                    nxt = (
+                        round_config(base, config.name, seed, rnd + 1, model_dir)
+                        if arm == METHOD and rnd < rounds
+                        else None
+                    )
+                    needed = not evaluated(cfg, model_dir, cfg.name, samples) or (
+                        nxt is not None and not pairs_built(nxt)
+                    )
+                    url = serve(server, model_dir, needed)
                     row["arms"][arm] = evaluate(through(cfg, url), model_dir, cfg.name, samples)
                     if nxt is not None:
                         data_cfg, built = nxt, build_pairs(through(nxt, url))
-            seed_rows.append(row)
-            print(
-                f"[ablate] seed {seed} round {rnd}: "
-                + ", ".join(f"{a} {100 * r['greedy']:.1f}%" for a, r in row["arms"].items()),
-                flush=True,
-            )
-        per_seed.extend(seed_rows)
+                seed_rows.append(row)
+                print(
+                    f"[ablate] seed {seed} round {rnd}: "
+                    + ", ".join(f"{a} {100 * r['greedy']:.1f}%" for a, r in row["arms"].items()),
+                    flush=True,
+                )
+            per_seed.extend(seed_rows)
     report = summarize(per_seed, seeds, rounds, samples, int(config.eval.limit or 0), config)
     report["warmup"] = {k: warm.get(k) for k in ("parameters", "final_loss", "train_seconds", "cached")}
     report["seconds"] = round(time.time() - started, 1)

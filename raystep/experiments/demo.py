@@ -14,12 +14,10 @@ sizes that fit a laptop. A rerun resumes: each stage skips the work already in t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from raystep.console import quiet_libraries
 from raystep.errors import RowsFailedError
 from raystep.local_ray import ensure_ray
 from raystep.runs import RunDir, timed_stage
+from raystep.serve.run import Server
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
@@ -161,24 +160,6 @@ def data_stages_done(prior: dict[str, Any], config: RunConfig) -> bool:
     )
 
 
-@contextlib.contextmanager
-def policy_server(
-    config: RunConfig, policy_dir: str, needed: bool, timed: Any, step: str = "serve policy"
-) -> Iterator[str | None]:
-    """``ray.serve.llm`` serving the policy while the data stages and the first evaluation run."""
-    from raystep.serve import run as serve_run
-
-    if not needed:
-        yield None
-        return
-    cfg = eval_config(config, policy_dir, "before")
-    url = timed(step, serve_run.start, cfg)
-    try:
-        yield url
-    finally:
-        serve_run.shutdown()
-
-
 def served_config(config: RunConfig, url: str | None) -> RunConfig:
     """The data stages' config: sampling (and rollouts) through the served policy."""
     cfg = config.model_copy(deep=True)
@@ -194,32 +175,25 @@ def evaluate_model(
     model_dir: str,
     label: str,
     problems: list[dict[str, Any]],
-    progress: bool = True,
-    url: str | None = None,
+    progress: bool,
+    server: Server,
 ) -> dict:
-    """Evaluate ``model_dir`` through the openai client: at ``url`` when it is served already, else served
-    with ``ray.serve.llm`` for this evaluation alone.
+    """Evaluate ``model_dir`` through the openai client, served by ``server`` (its engine started for it,
+    or the weights loaded into the running engine); a rerun whose answers are all there serves nothing.
 
     The folder is named by ``label`` and the weights' fingerprint, so a rerun with the same weights
     resumes and a retrained model (say, another ``--set train.beta``) is evaluated afresh.
     """
     from raystep.evaluate.benchmark import evaluate_benchmark, pending_requests
     from raystep.grading import Grader
-    from raystep.serve import run as serve_run
 
     cfg = eval_config(config, model_dir, label)
     out = eval_folder(cfg)
     todo = pending_requests(cfg.eval, "synth", out, problems)
-    own_server = bool(todo) and url is None  # a rerun whose answers are all there needs no server
-    if own_server:
-        url = serve_run.start(cfg)
-    cfg.eval.base_url = url or cfg.eval.base_url
-    try:
-        with Grader(workers=1, timeout_s=5.0) as grader:
-            summary = evaluate_benchmark(cfg.eval, "synth", out, problems, grader, progress)
-    finally:
-        if own_server:
-            serve_run.shutdown()
+    if todo:
+        cfg.eval.base_url = server.serve(model_dir)
+    with Grader(workers=1, timeout_s=5.0) as grader:
+        summary = evaluate_benchmark(cfg.eval, "synth", out, problems, grader, progress)
     return {
         "folder": str(out),
         "resumed_all": todo == 0,
@@ -424,30 +398,28 @@ def run(config: RunConfig, size: str = "full", progress: bool = True, rounds: in
     config.model.path = str(policy_dir)
     ensure_ray()
     problems = test_problems(config)
-    # One served policy answers collect, rollouts, rectify and the "before" evaluation: one engine start.
+    # One engine for the whole run: the policy answers collect, rollouts, rectify and the "before"
+    # evaluation, then each trained model is loaded into the same engine (raystep.serve.swap).
     needed = not data_stages_done(prior, config) or bool(
         pending_evaluation(config, str(policy_dir), "before", problems)
     )
-    with policy_server(config, str(policy_dir), needed, timed) as url:
+    with Server(config) as server:
+        url = timed("serve policy", server.serve, str(policy_dir)) if needed else None
         sampled = served_config(config, url)
         collected = timed("collect", collect.run, sampled)
         localized = timed("localize", localize.run, sampled)
         rectified = timed("rectify", rectify.run, sampled)
         before = timed(
-            "eval before", evaluate_model, config, str(policy_dir), "before", problems, progress, url
+            "eval before", evaluate_model, config, str(policy_dir), "before", problems, progress, server
         )
-    n_pairs = count_pairs(config, rectified)
-    trained = timed("train", train_once, config)
-    by_round = [{"round": 0, "model": str(policy_dir), **before}]
-    current = config  # the round whose trained model is evaluated next
-    for rnd in range(2, rounds + 1):  # iterative Step-DPO: the last round's model collects and trains
-        model_dir = str(trained["model_dir"])
-        nxt = round_config(config, rnd, model_dir)
-        needed = not data_stages_done(RunDir.from_config(nxt).read_manifest(), nxt) or bool(
-            pending_evaluation(current, model_dir, "after", problems)
-        )
-        tag = f" (round {rnd})"
-        with policy_server(current, model_dir, needed, timed, f"serve round {rnd - 1}'s model") as url:
+        n_pairs = count_pairs(config, rectified)
+        trained = timed("train", train_once, config)
+        by_round = [{"round": 0, "model": str(policy_dir), **before}]
+        current = config  # the round whose trained model is evaluated next
+        for rnd in range(2, rounds + 1):  # iterative Step-DPO: the last round's model collects and trains
+            model_dir = str(trained["model_dir"])
+            nxt = round_config(config, rnd, model_dir)
+            tag = f" (round {rnd})"
             done = timed(
                 f"eval after (round {rnd - 1})",
                 evaluate_model,
@@ -456,25 +428,29 @@ def run(config: RunConfig, size: str = "full", progress: bool = True, rounds: in
                 "after",
                 problems,
                 progress,
-                url,
+                server,
             )
+            url = None  # a rerun whose stages are done samples nothing
+            if not data_stages_done(RunDir.from_config(nxt).read_manifest(), nxt):
+                url = timed(f"serve round {rnd - 1}'s model", server.serve, model_dir)
             sampled = served_config(nxt, url)
             timed(f"collect{tag}", collect.run, sampled)
             timed(f"localize{tag}", localize.run, sampled)
             stats = timed(f"rectify{tag}", rectify.run, sampled)
-        by_round.append({"round": rnd - 1, "model": model_dir, "pairs": n_pairs, **done})
-        n_pairs = count_pairs(nxt, stats)
-        trained = timed(f"train{tag}", train_once, nxt)
-        current = nxt
-    after = timed(
-        "eval after" + (f" (round {rounds})" if rounds > 1 else ""),
-        evaluate_model,
-        current,
-        trained["model_dir"],
-        "after",
-        problems,
-        progress,
-    )
+            by_round.append({"round": rnd - 1, "model": model_dir, "pairs": n_pairs, **done})
+            n_pairs = count_pairs(nxt, stats)
+            trained = timed(f"train{tag}", train_once, nxt)
+            current = nxt
+        after = timed(
+            "eval after" + (f" (round {rounds})" if rounds > 1 else ""),
+            evaluate_model,
+            current,
+            trained["model_dir"],
+            "after",
+            problems,
+            progress,
+            server,
+        )
     by_round.append({"round": rounds, "model": str(trained["model_dir"]), "pairs": n_pairs, **after})
     out = run_dir.stage("demo")
     report = {

@@ -6,7 +6,7 @@ seed), trains every method on them for each point of a small grid, and scores ea
 the world's ``valid`` split (disjoint from ``test`` by question hash). It writes ``<run>/sweep/sweep.json``
 whose ``best`` entry (the ``--set`` items of the best point per method) ``raystep ablate --tuned``
 reads, and ``sweep.md``. The warm-up policy is the ablation's own (same run folder), so both use one.
-Each model is served once with ``ray.serve.llm`` for what it samples, as in the ablation.
+One ``ray.serve.llm`` engine serves every model, as in the ablation: each trained model is loaded into it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from raystep.config import RunConfig
 from raystep.experiments import ablate
 from raystep.runs import RunDir
+from raystep.serve.run import Server
 
 MODES = ("sft", "dpo", "stepdpo")
 
@@ -66,25 +67,28 @@ def run(
     data_cfg = ablate.round_config(base, f"{config.name}-sweep", seed, 1, str(policy_dir))
     start_name = f"{config.name}-valid-no-training"
     needed = not ablate.pairs_built(data_cfg) or not _scored(base, str(policy_dir), start_name)
-    with ablate.served(base, str(policy_dir), needed) as url:  # the start policy, served once
+    with Server(base) as server:  # one engine start; each trained model is loaded into it
+        url = ablate.serve(server, str(policy_dir), needed)  # the start policy
         data = ablate.build_pairs(ablate.through(data_cfg, url))
         before = ablate.evaluate(
             ablate.through(base, url), str(policy_dir), start_name, 1, ("greedy",), "valid"
         )
-    pairs = data.pop("files")["own"]
-    results = []
-    for point in grid(modes, lrs, betas):
-        cfg = ablate.with_overrides(data_cfg, point["set"])
-        tag = f"lr{point['learning_rate']:g}" + (f"-b{point['beta']:g}" if point["beta"] is not None else "")
-        cfg.name = f"{data_cfg.name}-{point['mode']}-{tag}"
-        cfg.train.mode = point["mode"]
-        cfg.train.pairs = str(pairs)
-        model_dir = str(demo.train_once(cfg)["model_dir"])
-        name = f"{cfg.name}-valid"
-        with ablate.served(cfg, model_dir, not _scored(cfg, model_dir, name)) as url:
+        pairs = data.pop("files")["own"]
+        results = []
+        for point in grid(modes, lrs, betas):
+            cfg = ablate.with_overrides(data_cfg, point["set"])
+            tag = f"lr{point['learning_rate']:g}" + (
+                f"-b{point['beta']:g}" if point["beta"] is not None else ""
+            )
+            cfg.name = f"{data_cfg.name}-{point['mode']}-{tag}"
+            cfg.train.mode = point["mode"]
+            cfg.train.pairs = str(pairs)
+            model_dir = str(demo.train_once(cfg)["model_dir"])
+            name = f"{cfg.name}-valid"
+            url = ablate.serve(server, model_dir, not _scored(cfg, model_dir, name))
             score = ablate.evaluate(ablate.through(cfg, url), model_dir, name, 1, ("greedy",), "valid")
-        results.append({**point, "valid_greedy": score["greedy"]})
-        print(f"[sweep] {point['mode']} {tag}: valid greedy {100 * score['greedy']:.1f}%", flush=True)
+            results.append({**point, "valid_greedy": score["greedy"]})
+            print(f"[sweep] {point['mode']} {tag}: valid greedy {100 * score['greedy']:.1f}%", flush=True)
     report = {
         "seed": seed,
         "valid_problems": int(config.eval.limit or 0),

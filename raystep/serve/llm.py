@@ -19,6 +19,7 @@ import yaml
 from raystep.config import ModelConfig, RunConfig
 from raystep.engine_args import Device, engine_env, placement_bundles, resolve_device, vllm_engine_kwargs
 from raystep.serve.limits import request_limits
+from raystep.serve.swap import EXTENSION as SWAP_EXTENSION
 
 IMPORT_PATH = "ray.serve.llm:build_openai_app"
 AUTH_INGRESS = "raystep.serve.llm_ingress:BearerAuthIngress"
@@ -64,9 +65,12 @@ def llm_config(config: RunConfig, device: Device | None = None) -> dict[str, Any
     }
     if serve.max_queued_requests >= 0:
         deployment["max_queued_requests"] = serve.max_queued_requests
+    engine_kwargs = vllm_engine_kwargs(config, device)
+    if serve.weight_swap:  # the next checkpoint loads into the running engine (raystep.serve.swap)
+        engine_kwargs = {"worker_extension_cls": SWAP_EXTENSION, **engine_kwargs}
     out: dict[str, Any] = {
         "model_loading_config": {"model_id": serve.model_id, "model_source": model_source(config)},
-        "engine_kwargs": vllm_engine_kwargs(config, device),
+        "engine_kwargs": engine_kwargs,
         "placement_group_config": {"bundles": placement_bundles(config, device)},
         "runtime_env": {"env_vars": engine_env(config, device)},
         "deployment_config": deployment,

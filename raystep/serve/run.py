@@ -95,6 +95,44 @@ def start(config: RunConfig) -> str:
     return base_url(config)
 
 
+class Server:
+    """raystep's app for an experiment that evaluates many checkpoints of one model: the engine starts
+    for the first checkpoint that needs serving and every later one is loaded into it in place
+    (:mod:`raystep.serve.swap`): one engine start instead of one per model. Closing shuts it down.
+    """
+
+    def __init__(self, config: RunConfig):
+        self.config = config.model_copy(deep=True)
+        self.config.serve.weight_swap = True
+        self.url: str | None = None
+        self.model: str | None = None
+
+    def serve(self, model_dir: str | os.PathLike[str]) -> str:
+        """Serve ``model_dir`` (starting the app, or loading it into the running engine); its base URL."""
+        from raystep.serve.swap import check_swappable, swap_weights
+
+        model = str(model_dir)
+        if self.url is None:
+            self.config.serve.model = model
+            self.url = start(self.config)
+        elif model != self.model:
+            check_swappable(str(self.model), model)
+            swap_weights(model, APP_NAME)
+        self.model = model
+        return self.url
+
+    def close(self) -> None:
+        if self.url is not None:
+            shutdown()
+            self.url = self.model = None
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def check_port(config: RunConfig) -> None:
     """Refuse a host and port this machine cannot listen on (another server holds it), in one line.
 
