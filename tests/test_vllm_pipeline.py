@@ -1,5 +1,6 @@
-"""The data stages on vLLM, the default engine, on its CPU build: collect -> rollout localize -> rectify
-(with chosen-step verification by rollouts), and a collect killed midway that resumes.
+"""The data stages on vLLM, the default engine, on its CPU build: a collect killed midway that resumes,
+then rollout localize -> rectify (with chosen-step verification by rollouts) from the resumed samples.
+Each stage starts its own engine through ``ray.data.llm``: four starts in all.
 
 The tiny model is taught one solution (answer 12) in ``tests/test_collect_rectify.py``'s fixture, so
 verdicts mean something: samples of problems whose gold is 12 are mostly right, and a hot sampling
@@ -12,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -48,22 +48,61 @@ def ids(rows: list[dict]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def whole_collect(taught_model, problems_file, tmp_path_factory):  # noqa: F811
-    """One uninterrupted collect on vLLM: the pipeline test continues from it, and the killed collect
-    must end with its rows."""
+def resumed_collect(taught_model, problems_file, tmp_path_factory):  # noqa: F811
+    """``raystep collect`` on vLLM SIGKILLed right after its first shard, then rerun to the end: the
+    stages after it continue from these samples (an uninterrupted collect beside it would add an engine
+    start and check nothing more: the rows a run must end with are planned from the problems)."""
     import ray
     from conftest import start_local_ray
 
     if not ray.is_initialized():  # what the (function-scoped) ray_local fixture does
         start_local_ray()
-    config = make_config(tmp_path_factory.mktemp("vllm"), "vllm", taught_model, problems_file, *VLLM)
+    root = tmp_path_factory.mktemp("vllm")
+    config = make_config(root, "vllm", taught_model, problems_file, *VLLM)
+    config_file = root / "vllm.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        shards.FAIL_AFTER_ENV: "samples:1",
+        shards.FAIL_MODE_ENV: "kill",
+    }
+    killed = subprocess.run(
+        [sys.executable, "-m", "raystep.cli", "collect", "--config", str(config_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    folder = RunDir.from_config(config).path / "samples"
+    partial = read_parquet(folder, kind="sample") if folder.exists() else []
     stats = collect.run(config)
-    return config, stats, read_parquet(RunDir.from_config(config).path / "samples", kind="sample")
+    return config, killed, partial, stats, read_parquet(folder, kind="sample")
+
+
+@pytest.mark.timeout(1800)
+def test_a_killed_collect_on_vllm_resumes_to_the_planned_rows(resumed_collect):
+    """Killed once its first shard was on disk, the rerun samples only the rest and ends with every planned
+    sample once, with its planned seed: the rows an uninterrupted run has."""
+    from raystep.datasets import load_problems
+
+    config, killed, partial, stats, final = resumed_collect
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    planned = collect.sample_requests(config, load_problems(config.data))  # from the input file
+    assert len(planned) == 24
+    assert 0 < len(partial) < len(planned)
+    assert stats["samples_resumed"] == len(partial) and stats["samples_todo"] == len(planned) - len(partial)
+    assert ids(final) == ids(planned)  # each once
+    assert sorted((r["sample_id"], r["seed"]) for r in final) == sorted(
+        (r["sample_id"], r["seed"]) for r in planned
+    )
+    resumed = {r["sample_id"]: r["response"] for r in partial}
+    assert all(resumed[r["sample_id"]] == r["response"] for r in final if r["sample_id"] in resumed)
 
 
 @pytest.mark.timeout(1800)  # three vLLM engine starts: about a minute each on a busy 2-core machine
-def test_collect_localize_rectify_on_vllm(whole_collect):
-    config, stats, samples = whole_collect
+def test_collect_localize_rectify_on_vllm(resumed_collect):
+    config, _, _, stats, samples = resumed_collect
     run = RunDir.from_config(config)
     assert len(samples) == 24 and len(set(ids(samples))) == 24 and stats["samples"] == 24
     for r in samples:
@@ -95,41 +134,3 @@ def test_collect_localize_rectify_on_vllm(whole_collect):
         assert p["initial_reason_steps"] == steps.split_steps(source["response"]).prefix(p["step_index"])
         assert p["chosen"] != p["rejected"]
     assert len(read_jsonl(run.path / "pairs" / "pairs.jsonl", kind="pair")) == len(pairs)
-
-
-@pytest.mark.timeout(1800)
-def test_a_killed_collect_on_vllm_resumes_to_the_same_rows(
-    ray_local,
-    whole_collect,
-    taught_model,  # noqa: F811  (the imported fixture)
-    problems_file,  # noqa: F811
-    tmp_path,
-):
-    """``raystep collect`` SIGKILLed right after its first shard, then rerun: the rows of an uninterrupted
-    run, once each."""
-    samples = whole_collect[2]
-    killed = make_config(tmp_path, "killed", taught_model, problems_file, *VLLM)
-    config_file = tmp_path / "killed.yaml"
-    config_file.write_text(yaml.safe_dump(killed.model_dump(mode="json")))
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
-        shards.FAIL_AFTER_ENV: "samples:1",
-        shards.FAIL_MODE_ENV: "kill",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "raystep.cli", "collect", "--config", str(config_file)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    killed_dir = Path(killed.run_dir) / "samples"
-    partial = len(read_parquet(killed_dir, kind="sample"))
-    assert 0 < partial < len(samples)  # killed once its first shard was on disk
-    resumed = collect.run(killed)
-    assert resumed["samples_resumed"] == partial and resumed["samples_todo"] == len(samples) - partial
-    final = read_parquet(killed_dir, kind="sample")
-    assert ids(final) == ids(samples)
-    assert sorted(r["seed"] for r in final) == sorted(r["seed"] for r in samples)
