@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ import pytest
 from fake_answers_server import FakeAnswersServer
 
 from raystep.cli import main as cli_main
-from raystep.config import load_config
 from raystep.datasets import load_benchmark
 from raystep.errors import ROWS_FAILED
 from raystep.evaluate.samples import read_log, repair_tail
@@ -244,47 +242,3 @@ def test_ray_data_path_gives_the_same_outputs(
         assert cli_main(eval_args(healthy.base_url, out, *flags)) == 0
         assert len(healthy.requests) == 8 - len(kept)
     check_folder(out / "gsm8k", 8)
-
-
-@pytest.mark.slow
-def test_end_to_end_against_ray_serve_llm(
-    tiny_model: Path, tmp_path: Path, shared_data: Path, ray_local
-) -> None:
-    from raystep.evaluate.run import run as run_eval
-    from raystep.serve import run as serve_run
-
-    with socket.socket() as sock:  # a free port, so parallel test sessions do not collide
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = load_config(
-        None,
-        [
-            f"storage.root={tmp_path / 'runs'}",
-            "name=e2e",
-            f"serve.model={tiny_model}",
-            f"serve.port={port}",
-            "engine.max_model_len=2048",
-            "engine.cpu_kv_cache_gib=1",
-            "eval.model=raystep",
-            "eval.benchmarks=[gsm8k, math500]",
-            "eval.limit=3",
-            "eval.max_tokens=16",
-            "eval.concurrency=4",
-            f"eval.data_dir={shared_data}",
-        ],
-    )
-    base_url = serve_run.start(config)
-    try:
-        config.eval.base_url = base_url
-        result = run_eval(config)
-    finally:
-        serve_run.shutdown()
-    out = tmp_path / "runs" / "e2e" / "eval" / "raystep"
-    assert result["out_dir"] == str(out)
-    for bench in ("gsm8k", "math500"):
-        summary, rows = check_folder(out / bench, 3)
-        assert summary["counts"]["request_errors"] == 0, rows[0]["error"]
-        assert all(isinstance(r["response"], str) and r["completion_tokens"] for r in rows)
-        assert all(r["grade_status"] in ("ok", "unparsable", "timeout", "error") for r in rows)
-    manifest = json.loads((tmp_path / "runs" / "e2e" / "manifest.json").read_text())
-    assert manifest["stages"]["eval/raystep"]["status"] == "done"

@@ -2,13 +2,14 @@
 client.
 
 One app serves the whole module: the tiny model, bound off loopback (0.0.0.0) so the Bearer-key ingress
-guards it, with a 128-token context. Greedy answers are checked against ``transformers`` ``generate``
+guards it, with a 512-token context. The evaluator (``raystep eval``) runs against it too. Greedy answers are checked against ``transformers`` ``generate``
 run in this process, so a wrong model, template or position shows up as different text.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import os
 import socket
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.slow  # one app for the module: about a minute to start
 KEY_ENV = "RAYSTEP_TEST_SERVE_KEY"
 KEY = "test-key-123"
 MODEL_ID = "tiny"
-CONTEXT = 128
+CONTEXT = 512  # room for a GSM8K or MATH prompt of the evaluator's test
 
 
 def free_port() -> int:
@@ -537,3 +538,37 @@ def test_a_checkpoint_loaded_in_place_answers_as_that_checkpoint(
     finally:
         swap_weights(tiny_model, APP_NAME)
     assert served() == pytest.approx(original, abs=1e-3)
+
+
+def test_the_evaluator_runs_gsm8k_and_math500_against_the_app(server: str, shared_data: Path, tmp_path: Path):
+    """``raystep eval``'s run against ``ray.serve.llm`` with the key: every answer, graded, in its folder."""
+    from test_evaluate import check_folder
+
+    from raystep.config import load_config
+    from raystep.evaluate.run import run as run_eval
+
+    config = load_config(
+        None,
+        [
+            f"storage.root={tmp_path / 'runs'}",
+            "name=e2e",
+            f"eval.base_url={server}",
+            f"eval.model={MODEL_ID}",
+            f"eval.api_key_env={KEY_ENV}",
+            "eval.benchmarks=[gsm8k, math500]",
+            "eval.limit=3",
+            "eval.max_tokens=16",
+            "eval.concurrency=4",
+            f"eval.data_dir={shared_data}",
+        ],
+    )
+    result = run_eval(config)
+    out = tmp_path / "runs" / "e2e" / "eval" / MODEL_ID
+    assert result["out_dir"] == str(out)
+    for bench in ("gsm8k", "math500"):
+        summary, rows = check_folder(out / bench, 3)
+        assert summary["counts"]["request_errors"] == 0, rows[0]["error"]
+        assert all(isinstance(r["response"], str) and r["completion_tokens"] for r in rows)
+        assert all(r["grade_status"] in ("ok", "unparsable", "timeout", "error") for r in rows)
+    manifest = json.loads((tmp_path / "runs" / "e2e" / "manifest.json").read_text())
+    assert manifest["stages"][f"eval/{MODEL_ID}"]["status"] == "done"
