@@ -87,3 +87,20 @@ def _shutdown_ray_at_end():
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture
+def serve_starts(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """The models ``raystep.serve.run.start`` is asked to serve in this test (each an engine start); the
+    starts still happen."""
+    from raystep.serve import run as serve_run
+
+    starts: list[str | None] = []
+    real_start = serve_run.start
+
+    def counted(config):
+        starts.append(config.serve.model)
+        return real_start(config)
+
+    monkeypatch.setattr(serve_run, "start", counted)
+    return starts

@@ -318,7 +318,7 @@ def test_each_round_samples_and_trains_from_the_last_rounds_served_model(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # 2 models served by one engine, 1 trained
-def test_tiny_ablation_end_to_end(tmp_path, ray_local, monkeypatch):
+def test_tiny_ablation_end_to_end(tmp_path, ray_local, monkeypatch, serve_starts):
     """warm-up -> pairs -> Step-DPO -> greedy and sampled evaluation -> report. One ``ray.serve.llm``
     engine (vLLM's CPU build) serves the policy, then the trained model loaded into it, sampled through
     the ``endpoint`` engine, as the demo does; a rerun finds everything done and serves nothing. The
@@ -329,15 +329,6 @@ def test_tiny_ablation_end_to_end(tmp_path, ray_local, monkeypatch):
 
     from raystep.experiments.ablate import ablate_overrides, run
     from raystep.serve import run as serve_run
-
-    starts: list[str | None] = []
-    real_start = serve_run.start
-
-    def counted(config):
-        starts.append(config.serve.model)
-        return real_start(config)
-
-    monkeypatch.setattr(serve_run, "start", counted)
 
     with socket.socket() as sock:  # a free port for the served models
         sock.bind(("127.0.0.1", 0))
@@ -363,7 +354,9 @@ def test_tiny_ablation_end_to_end(tmp_path, ray_local, monkeypatch):
         ],
     )
     report = run(cfg, [0], rounds=1, samples=2, progress=False, optional=[])
-    assert starts == [str(tmp_path / "tiny" / "policy")]  # one engine start: the trained model was loaded
+    assert serve_starts == [
+        str(tmp_path / "tiny" / "policy")
+    ]  # one engine start: the trained model was loaded
     folder = tmp_path / "tiny" / "ablate"
     for name in ("ablate.md", "ablate.json", "ablate.png"):
         assert (folder / name).exists(), name

@@ -104,6 +104,27 @@ def make_config(root: Path, name: str, model: Path, problems: Path, *extra: str)
     )
 
 
+def collect_killed_after_first_shard(config, ray_address: str) -> subprocess.CompletedProcess:
+    """``raystep collect`` in a subprocess on the Ray at ``ray_address``, SIGKILLed right after it writes
+    its first shard (``raystep.stages.shards``' fault hook): what a crash mid-stage leaves behind."""
+    config_file = Path(config.run_dir).parent / f"{config.name}.yaml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_address,
+        shards.FAIL_AFTER_ENV: "samples:1",
+        shards.FAIL_MODE_ENV: "kill",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "raystep.cli", "collect", "--config", str(config_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
 def sample_key(rows):
     return sorted((r["sample_id"], r["seed"], r["response"], r["correct"]) for r in rows)
 
@@ -145,21 +166,7 @@ def test_collect_writes_graded_samples_and_a_killed_run_resumes_exactly(
 
     # a `raystep collect` process SIGKILLed right after its first shard, then rerun
     killed = make_config(tmp_path, "killed", taught_model, problems_file)
-    config_file = tmp_path / "killed.yaml"
-    config_file.write_text(yaml.safe_dump(killed.model_dump(mode="json")))
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
-        shards.FAIL_AFTER_ENV: "samples:1",
-        shards.FAIL_MODE_ENV: "kill",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "raystep.cli", "collect", "--config", str(config_file)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = collect_killed_after_first_shard(killed, ray_local.get_runtime_context().gcs_address)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     killed_run = RunDir.from_config(killed)
     partial = read_parquet(killed_run.path / "samples", kind="sample")

@@ -332,23 +332,14 @@ def test_demo_rounds_run_apart_from_the_last_rounds_model_and_report_each_round(
 
 
 @pytest.mark.slow
-def test_quick_demo_runs_the_whole_loop(tmp_path, ray_local, monkeypatch):
+def test_quick_demo_runs_the_whole_loop(tmp_path, ray_local, serve_starts):
     """warm-up -> collect -> localize -> rectify -> Ray Train + DeepSpeed -> Serve -> openai eval -> report,
     with one engine start: the trained model is loaded into the engine that served the policy."""
     from raystep.experiments.demo import demo_overrides, run
-    from raystep.serve import run as serve_run
 
-    starts: list[str | None] = []
-    real_start = serve_run.start
-
-    def counted(config):
-        starts.append(config.serve.model)
-        return real_start(config)
-
-    monkeypatch.setattr(serve_run, "start", counted)
     cfg = load_config(None, [*demo_overrides("quick", 8397), f"storage.root={tmp_path}"])
     report = run(cfg, "quick", progress=False)
-    assert starts == [str(tmp_path / "demo-quick" / "policy")]
+    assert serve_starts == [str(tmp_path / "demo-quick" / "policy")]
     folder = tmp_path / "demo-quick" / "demo"
     for name in ("report.md", "report.json", "overview.png"):
         assert (folder / name).exists(), name

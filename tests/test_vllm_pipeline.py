@@ -9,19 +9,20 @@ temperature derails some of them into wrong samples that rollouts can localize a
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
-import yaml
-from test_collect_rectify import make_config, problems_file, taught_model  # noqa: F401  (fixtures)
+from test_collect_rectify import (  # noqa: F401  (fixtures)
+    collect_killed_after_first_shard,
+    make_config,
+    problems_file,
+    taught_model,
+)
 
 from raystep import steps
 from raystep.records import read_jsonl, read_parquet
 from raystep.runs import RunDir
-from raystep.stages import collect, localize, rectify, shards
+from raystep.stages import collect, localize, rectify
 
 pytestmark = pytest.mark.slow
 
@@ -59,21 +60,7 @@ def resumed_collect(taught_model, problems_file, tmp_path_factory):  # noqa: F81
         start_local_ray()
     root = tmp_path_factory.mktemp("vllm")
     config = make_config(root, "vllm", taught_model, problems_file, *VLLM)
-    config_file = root / "vllm.yaml"
-    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-        shards.FAIL_AFTER_ENV: "samples:1",
-        shards.FAIL_MODE_ENV: "kill",
-    }
-    killed = subprocess.run(
-        [sys.executable, "-m", "raystep.cli", "collect", "--config", str(config_file)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    killed = collect_killed_after_first_shard(config, ray.get_runtime_context().gcs_address)
     folder = RunDir.from_config(config).path / "samples"
     partial = read_parquet(folder, kind="sample") if folder.exists() else []
     stats = collect.run(config)
