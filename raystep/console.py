@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 ENV_DEFAULTS = {
@@ -59,6 +60,9 @@ def quiet_libraries() -> None:
             logger.addHandler(logging.StreamHandler())
             logger.propagate = False
         logger.setLevel(logging.WARNING)
+    # Ray Data warns when a stage's input has fewer blocks than its actor pool (a small evaluation is one
+    # block; the pool stays fixed so that runs repeat): nothing a user can act on
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
     try:
         from ray.data import DataContext
 

@@ -87,9 +87,9 @@ def build_endpoint_generator(config: RunConfig, defaults: dict[str, Any]) -> Gen
             fn_constructor_kwargs={"endpoint_json": s.endpoint.model_dump_json(), "defaults": defaults},
             batch_size=s.batch_size,
             batch_format="pyarrow",
-            # up to sampling.concurrency actors, as many as there are blocks (a small evaluation's one block
-            # needs one; a fixed pool of two idled one and made Ray Data warn on the terminal)
-            compute=ActorPoolStrategy(min_size=1, max_size=s.concurrency),
+            # a fixed pool: an autoscaling one changes how requests meet in the engine's batches run to run,
+            # and with them (batched float math) which tokens a seeded sample draws
+            compute=ActorPoolStrategy(size=s.concurrency),
             # an HTTP client: a quarter CPU, so that beside a served engine's placement group the stage's
             # read and write tasks still find a CPU (with 4 CPUs and a whole one per actor they never did)
             num_cpus=0.25,
