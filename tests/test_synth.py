@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import random
 import re
@@ -269,6 +271,33 @@ def test_short_warmup_learns_the_step_format_and_is_cached(tmp_path):
     result = evaluate_policy(folder, rows, template="plain")
     assert result["well_formed"] > 0.5, result["responses"][:3]
     assert len(result["responses"]) == 24
+
+    # the diagnosis, and the transfer table for a "trained" model that is the policy itself: the same
+    # weights sampled with the same seed at the same failure points give the policy's own rates
+    from raystep.synth import diagnose
+
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        diagnose.main(
+            [
+                str(folder),
+                "--problems",
+                "12",
+                "--resample",
+                "2",
+                "--set",
+                "data.synth.world=chain",
+                "--trained",
+                str(folder),
+            ]
+        )
+    table = out.getvalue()
+    assert "greedy accuracy" in table and "samples each, same seed" in table, table
+    policy_row, trained_row = (
+        line
+        for line in table.splitlines()
+        if line.startswith("| the policy") or line.startswith(f"| {folder}")
+    )
+    assert policy_row.split("|")[2:] == trained_row.split("|")[2:]
 
     mtime = (folder / "model.safetensors").stat().st_mtime_ns
     again, stats2 = ensure_policy(folder, quick, progress=False)

@@ -146,6 +146,42 @@ def diagnose_policy(
     }
 
 
+def transfer(
+    report: dict[str, Any],
+    models: list[str | os.PathLike[str]],
+    rows: list[dict[str, Any]],
+    template: str = "plain",
+    n: int = 8,
+) -> list[dict[str, Any]]:
+    """At the policy's own held-out failure points (its correct steps 1..k-1, then ``Step k:``), how often
+    each of ``models`` (trained from it) writes a right step k, sampled as :func:`resample_rates` does with
+    the same seed: whether a step preference learnt on the training problems carries to new ones."""
+    return [
+        {
+            "model": str(m),
+            **resample_rates(m, rows, report["responses"], report["diagnoses"], template=template, n=n),
+        }
+        for m in models
+    ]
+
+
+def render_transfer(report: dict[str, Any], moved: list[dict[str, Any]]) -> str:
+    """A markdown table of :func:`transfer`: the policy's right-step rates, then each trained model's."""
+    r = report["resample"]
+    if not r.get("failures"):
+        return "No held-out failure points to sample (the policy got every problem right, or none parsed)."
+    lines = [
+        f"Step k sampled at the policy's {r['failures']} held-out failure points ({r['samples_per_failure']} "
+        "samples each, same seed):",
+        "",
+        "| model | right step k: any of n | right step k: mean share |",
+        "| --- | ---: | ---: |",
+        f"| the policy | {100 * r['any_right']:.0f}% | {100 * r['mean_right']:.1f}% |",
+    ]
+    lines += [f"| {m['model']} | {100 * m['any_right']:.0f}% | {100 * m['mean_right']:.1f}% |" for m in moved]
+    return "\n".join(lines)
+
+
 def render(report: dict[str, Any], label: str = "policy") -> str:
     """A markdown table of a ``diagnose_policy`` report."""
     t, r = report["taxonomy"], report["resample"]
@@ -189,6 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         "--set", dest="overrides", action="append", default=[], help="world knobs (data.synth.*)"
     )
     parser.add_argument("--json", type=Path, help="also write the full report (responses included) here")
+    parser.add_argument(
+        "--trained",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="models trained from the policy: how often each writes a right step at the policy's failure points",
+    )
     args = parser.parse_args(argv)
     cfg = load_config(None, ["data.source=synth", "data.synth.world=story", *args.overrides])
     rows = load_problems(
@@ -196,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     report = diagnose_policy(args.policy, rows, resample_n=args.resample)
     print(render(report, str(args.policy)))
+    if args.trained:
+        print()
+        print(render_transfer(report, transfer(report, args.trained, rows, n=args.resample)))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
