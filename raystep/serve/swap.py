@@ -102,10 +102,15 @@ def swap_weights(model_dir: str | Path, app_name: str) -> list[str]:
     from ray.llm._internal.serve.utils.broadcast import broadcast
 
     handle = serve.get_deployment_handle(_engine_deployment(app_name), app_name)
-    results = broadcast(
-        handle, "collective_rpc", kwargs={"method": "raystep_load_weights", "args": (str(model_dir),)}
-    )
-    broadcast(handle, "reset_prefix_cache")
+    try:
+        results = broadcast(
+            handle, "collective_rpc", kwargs={"method": "raystep_load_weights", "args": (str(model_dir),)}
+        )
+        broadcast(handle, "reset_prefix_cache")
+    finally:
+        # the handle's router runs in a thread of this process and would outlive the app (and this Ray
+        # session: in a later one its metrics pusher fails every 10 s on objects of the old session)
+        handle.shutdown()
     loaded = [path for replica in results for path in replica]
     if not loaded or set(loaded) != {str(model_dir)}:
         raise RuntimeError(f"{app_name}: the engine's workers loaded {loaded}, not {model_dir}")
