@@ -66,6 +66,11 @@ STORY_LENGTHS = [
 would cut them off."""
 
 
+PORT = 8331
+"""The Serve port of ``raystep ablate`` and ``raystep sweep`` (``--set serve.port=...``): not the demo's 8321,
+so a demo can run beside an ablation."""
+
+
 def ablate_overrides(quick: bool) -> list[str]:
     """The demo's settings on the story world, localized by the verifier alone (the rollouts are the
     demo's comparison), with the ablation's warm-up and 200 held-out problems."""
@@ -73,7 +78,7 @@ def ablate_overrides(quick: bool) -> list[str]:
 
     size = "quick" if quick else "full"
     return [
-        *demo.demo_overrides(size, 8321),
+        *demo.demo_overrides(size, PORT),
         "data.synth.world=story",
         *STORY_LENGTHS,
         "localize.methods=[verifier]",
