@@ -46,6 +46,9 @@ def ray_head(tmp_path):
         RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4",
         "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats",
+        # the job agent's own port: the default (52365) is taken by any other Ray on the machine (a demo, a
+        # second test session), and then every submit fails with "No available agent"
+        f"--dashboard-agent-listen-port={free_port()}",
     ]  # fmt: skip
     out = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -101,7 +104,11 @@ def test_pipeline_submitted_as_a_ray_job_succeeds_and_fills_the_run_folder(
     deadline = time.time() + 120
     while True:  # the head answers `ray job list` before its job agent takes jobs ("try again later")
         out = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        if out.returncode == 0 or "No available agent" not in out.stderr or time.time() > deadline:
+        if (
+            out.returncode == 0
+            or "No available agent" not in out.stdout + out.stderr
+            or time.time() > deadline
+        ):
             break
         time.sleep(3)
     assert out.returncode == 0, out.stdout + out.stderr
