@@ -106,7 +106,9 @@ def main() -> None:
     print(
         f"  swap:    median {statistics.median(swap):6.2f} s per next model ({', '.join(f'{s:.2f}' for s in swap)})"
     )
-    print(f"  each model answers the same text both ways: {swapped == fresh} ({len(set(fresh))} distinct answers)")
+    print(
+        f"  each model answers the same text both ways: {swapped == fresh} ({len(set(fresh))} distinct answers)"
+    )
     print(
         f"loading in place is {statistics.median(restart) / statistics.median(swap):.0f}x faster than a new engine"
     )
