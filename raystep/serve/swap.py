@@ -20,6 +20,7 @@ whose replicas the caller watches (a local experiment), not on a long-lived depl
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,11 @@ def check_swappable(serving: str | Path, model_dir: str | Path) -> None:
         )
 
 
+@functools.cache
 def _tokenizer(folder: Path) -> tuple[str, Any]:
     """The tokenizer the engine would load, as text: an exported model's files may be written differently
-    (``save_pretrained`` names another class) and still load as the same tokenizer."""
+    (``save_pretrained`` names another class) and still load as the same tokenizer. Cached: an experiment
+    compares the served model's against every checkpoint it loads, and a model folder does not change."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
