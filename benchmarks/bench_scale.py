@@ -4,8 +4,10 @@ Case 1 runs collect -> localize (the exact verifier) -> rectify on the arithmeti
 tiny policy on vLLM's CPU build (``sampling.engine: vllm``, ``ray.data.llm``), at several multiples of
 the demo's 200 problems x 4 samples. Each size runs in a fresh driver process on one local Ray, so the
 driver's peak memory (``ru_maxrss``) is its own. Per size and stage it prints rows/s, generated
-tokens/s and seconds per 1,000 rows (start-up included: each stage starts its engine), and per size
-the driver's peak memory and Ray's object store use and spilling (from ``ray memory --stats-only``'s
+tokens/s, seconds per 1,000 rows (start-up included: each stage starts its engine) and the driver's
+peak resident memory, sampled twice a second and split into private pages and the shared object-store
+pages the driver has touched (Linux counts those in its RSS, and so in ``ru_maxrss``); per size the
+driver's ``ru_maxrss`` and Ray's object store use and spilling (from ``ray memory --stats-only``'s
 summary, read in the driver); then the ratios between sizes, and the marginal rate between two sizes
 (extra rows over extra seconds), which cancels each stage's fixed start-up.
 
@@ -27,6 +29,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,55 @@ DEMO_PROBLEMS = 200
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def resident() -> dict[str, float]:
+    """This process's resident memory now (MiB), split as Linux reports it: ``private`` (anonymous
+    pages and mapped files: the heap, Python, the libraries) and ``object_store`` (shared-memory
+    pages: Ray's object store, mapped into every worker; a page counts here once the process has
+    touched it, though it belongs to the store)."""
+    kib = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                kib[name] = int(value.split()[0])
+    return {
+        "rss": kib["VmRSS"] / 1024,
+        "private": (kib["RssAnon"] + kib["RssFile"]) / 1024,
+        "object_store": kib["RssShmem"] / 1024,
+    }
+
+
+class MemoryPeaks:
+    """Peaks of ``resident()`` while a block of code runs, sampled every ``every`` seconds in a thread
+    (``ru_maxrss`` is one number for the whole process and counts object-store pages as the driver's)."""
+
+    def __init__(self, every: float = 0.5):
+        self.every = every
+        self.peaks = resident()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def _sample(self) -> None:
+        now = resident()
+        self.peaks = {k: max(v, now[k]) for k, v in self.peaks.items()}
+
+    def __enter__(self) -> MemoryPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 1) for k, v in self.peaks.items()}
 
 
 def object_store() -> dict[str, float]:
@@ -81,7 +133,8 @@ def one_size(root: str, policy: str, multiple: int) -> dict[str, Any]:
         ("rectify", rectify, "continuations_todo", None),
     ):
         start = time.time()
-        stats = stage.run(config)
+        with MemoryPeaks() as memory:
+            stats = stage.run(config)
         seconds = time.time() - start
         rows = int(stats.get(rows_key) or 0)
         out[name] = {
@@ -89,6 +142,7 @@ def one_size(root: str, policy: str, multiple: int) -> dict[str, Any]:
             "seconds": round(seconds, 1),
             "rows_per_s": round(rows / seconds, 1),
             "s_per_1000_rows": round(1000 * seconds / max(rows, 1), 2),
+            "driver_mib": memory.rounded(),
         }
         if tokens:
             out[name]["tokens_per_s"] = round(int(stats[tokens]) / seconds, 1)
@@ -225,7 +279,15 @@ def main() -> int:
                     f"| {r['multiple']}x | {r['problems']} | {stage} | {s['rows']} | {s['rows_per_s']} | "
                     f"{s['s_per_1000_rows']} | {s.get('tokens_per_s', '')} |"
                 )
-        print("\n| size | driver peak (MiB) | object store used (MiB) | spilled (MiB) | pairs |")
+        print(
+            "\n| size | stage | driver peak RSS (MiB) | of it private | of it object-store pages |"
+            "\n| --- | --- | --- | --- | --- |"
+        )
+        for r in sized:
+            for stage in ("collect", "localize", "rectify"):
+                m = r[stage]["driver_mib"]
+                print(f"| {r['multiple']}x | {stage} | {m['rss']} | {m['private']} | {m['object_store']} |")
+        print("\n| size | driver peak (ru_maxrss, MiB) | object store used (MiB) | spilled (MiB) | pairs |")
         print("| --- | --- | --- | --- | --- |")
         for r in sized:
             print(

@@ -211,14 +211,14 @@ def run(config: RunConfig) -> dict[str, Any]:
                 _requests, fn_kwargs={"config_json": config.model_dump_json()}, batch_format="pyarrow"
             )
             ds = graded_dataset(config, drop_done(ds, "sample_id", done), to_sample)
-            bar = tqdm(total=todo, desc="collect: samples", unit="sample", dynamic_ncols=True)
-            written = list(
-                write_shards(ds, shards, "sample_id", config.sampling.shard_size, attempts=attempts)
-            )
-            for shard in written:
-                bar.update(shard["rows"])
-            bar.close()
-            stats["shards_written"] = len(written)
+            written = 0
+            with tqdm(total=todo, desc="collect: samples", unit="sample", dynamic_ncols=True) as bar:
+                for shard in write_shards(
+                    ds, shards, "sample_id", config.sampling.shard_size, attempts=attempts
+                ):
+                    bar.update(shard["rows"])
+                    written += 1
+            stats["shards_written"] = written
         elapsed = time.time() - start
         stats.update(scan(shards, SUMMARY_COLUMNS, summarize_to(str(run_dir.stage("collect")))))
         stats["generate_seconds"] = round(elapsed, 3)
