@@ -130,7 +130,7 @@ def one_size(root: str, policy: str, multiple: int) -> dict[str, Any]:
     for name, stage, rows_key, tokens in (
         ("collect", collect, "samples_todo", "generated_tokens"),
         ("localize", localize, "todo", None),
-        ("rectify", rectify, "continuations_todo", None),
+        ("rectify", rectify, "continuations_todo", "continuation_tokens"),
     ):
         start = time.time()
         with MemoryPeaks() as memory:

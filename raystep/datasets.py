@@ -278,8 +278,9 @@ def _convert_all(
     limit: int | None,
     rejects: Rejects | None,
     id_prefix: str | None = None,
-) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+) -> Iterator[dict[str, Any]]:
+    """Problem rows of ``records``, one at a time (only the ids seen are kept, to refuse a duplicate)."""
+    kept = 0
     seen: set[str] = set()
     for index, (where, raw) in enumerate(records):
         try:
@@ -293,10 +294,10 @@ def _convert_all(
             rejects.add(source, _line_number(line), str(exc), _jsonable(raw))
             continue
         seen.add(row["id"])
-        rows.append(row)
-        if limit is not None and len(rows) >= limit:
+        yield row
+        kept += 1
+        if limit is not None and kept >= limit:
             break  # before reading on: records past the limit are neither loaded nor rejected
-    return rows
 
 
 def _line_number(text: str) -> int:
@@ -354,9 +355,18 @@ def load_problems(
 
     ``fix`` says how to do without the hub when a known source has no local file and the hub fails.
     """
+    return list(iter_problems(data, data_dir, rejects, fix))
+
+
+def iter_problems(
+    data: DataConfig, data_dir: Path | None = None, rejects: Rejects | None = None, fix: str = DATA_FIX
+) -> Iterator[dict[str, Any]]:
+    """``load_problems`` one row at a time: a corpus is read as it is written out (collect's
+    ``problems/`` shards), never held whole. Errors in the configuration raise at the first row."""
     source = data.source
     if source in GENERATED_SOURCES:
-        return _generated(source)(data)
+        yield from _generated(source)(data)
+        return
     column_map = dict(data.column_map)
     data_dir = data_dir if data_dir is not None else default_data_dir()
 
@@ -373,7 +383,8 @@ def load_problems(
         if not files:
             raise DatasetError(f"data.path {path}: no .jsonl, .json or .parquet files in it")
         records = (rec for f in files for rec in _iter_file(f, rejects))
-        return _convert_all(records, dataset, column_map, data.limit, rejects)
+        yield from _convert_all(records, dataset, column_map, data.limit, rejects)
+        return
 
     if source in FILE_SOURCES:
         raise DatasetError(f"data.source {source!r} needs data.path (the file or folder to read)")
@@ -382,7 +393,8 @@ def load_problems(
         if not name:
             raise DatasetError("data.source 'hub' needs data.hub_name (for example 'openai/gsm8k')")
         dataset = _dataset_label(source, name.rstrip("/").split("/")[-1])
-        return _convert_all(_load_hub(name, data.split), dataset, column_map, data.limit, rejects)
+        yield from _convert_all(_load_hub(name, data.split), dataset, column_map, data.limit, rejects)
+        return
     if source not in BENCHMARKS:
         known = ", ".join((*BENCHMARKS, *FILE_SOURCES, "hub", "synth"))
         raise DatasetError(f"unknown data.source {source!r}; known: {known}")
@@ -391,7 +403,8 @@ def load_problems(
     dataset = _dataset_label(source, source)
     if local is not None:
         records = _iter_file(local, rejects)
-        return _convert_all(records, dataset, column_map, data.limit, rejects, f"{dataset}-{data.split}")
+        yield from _convert_all(records, dataset, column_map, data.limit, rejects, f"{dataset}-{data.split}")
+        return
     hub = HUB_NAMES.get(source)
     if hub is None:
         raise DatasetError(
@@ -399,7 +412,7 @@ def load_problems(
             f"{fix}"
         )
     records = _load_hub(hub, data.split, fix)
-    return _convert_all(records, dataset, column_map, data.limit, rejects, f"{dataset}-{data.split}")
+    yield from _convert_all(records, dataset, column_map, data.limit, rejects, f"{dataset}-{data.split}")
 
 
 def _dataset_label(source: str, fallback: str) -> str:

@@ -268,6 +268,8 @@ def test_rectify_builds_step_pairs_in_the_public_schema(ray_local, taught_model,
     assert stats["localized"] == 6 and stats["units"] == 4
     assert stats["skipped"] == {"no_wrong_step": 1, "correct": 1}
     assert stats["continuations"] == 12  # 4 samples x rectify.n
+    continuations = read_parquet(run.path / "rectified")
+    assert stats["continuation_tokens"] == sum(c["num_tokens"] for c in continuations) > 0
     pairs = read_parquet(run.path / "pairs", kind="pair")
     by_sample = {p["sample_id"]: p for p in pairs}
     assert sorted(by_sample) == ["p0-s0", "p2-s0"]  # one pair each: the n=3 resamples agree

@@ -123,3 +123,67 @@ def test_a_stage_read_is_one_block_a_shard_without_ray_datas_footer_actors(tmp_p
     assert (read.num_blocks(), read.count()) == (3, 15)
     stats = read.stats()
     assert "ReadParquet" in stats and "ListFiles" not in stats
+
+
+def test_problems_are_written_as_they_are_read_one_shard_in_the_driver(tmp_path):
+    """collect's ``problems/``: a corpus passes through the driver one shard at a time."""
+    from raystep.records import PROBLEM_FIELDS
+    from raystep.stages.collect import write_problems
+
+    pulled = 0
+
+    def corpus(n: int):
+        nonlocal pulled
+        for i in range(n):
+            pulled += 1
+            yield {"id": f"p{i}", "dataset": "t", "question": f"q{i}", "answer": str(i)}
+
+    shards = ShardSet(tmp_path / "problems", schema=PROBLEM_FIELDS, kind="problem")
+    held: list[int] = []
+    write = shards.write
+
+    def spy(rows, units, **kwargs):
+        held.append(pulled - sum(held))  # rows read since the last shard: what the driver held
+        return write(rows, units, **kwargs)
+
+    shards.write = spy
+    assert write_problems(corpus(1000), shards, shard_size=64) == 1000
+    assert max(held) == 64 and len(held) == 16  # 15 full shards and one of 40
+    assert sorted(shards.done_units(), key=lambda u: int(u[1:])) == [f"p{i}" for i in range(1000)]
+
+    with pytest.raises(ValueError, match="duplicated: 'p3'"):
+        write_problems(
+            (dict(r, id="p3") if r["id"] == "p5" else r for r in corpus(10)),
+            ShardSet(tmp_path / "dupes", schema=PROBLEM_FIELDS),
+            shard_size=4,
+        )
+
+
+def test_a_problems_write_cut_short_is_redone_whole(tmp_path):
+    """Shards of ``problems/`` without the manifest's record are an interrupted write: the next run
+    rewrites the whole set from the source (the set of units never comes out short)."""
+    from raystep.config import load_config
+    from raystep.runs import RunDir
+    from raystep.stages import collect
+
+    source = tmp_path / "problems.jsonl"
+    source.write_text("".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(10)))
+    config = load_config(
+        None,
+        [
+            f"storage.root={tmp_path / 'runs'}",
+            "name=cut",
+            "data.source=jsonl",
+            f"data.path={source}",
+            "sampling.shard_size=4",
+        ],
+    )
+    run = RunDir.from_config(config)
+    first = ShardSet(run.stage("problems"), schema=None)
+    first.write([{"id": "x", "dataset": "t", "question": "q", "answer": "1"}], ["x"], inject=False)
+    assert collect.ensure_problems(config, run) == 10
+    problems = ShardSet(run.stage("problems"), clean=False)
+    assert len(problems.done_units()) == 10 and "x" not in problems.done_units()
+    assert run.read_manifest()["stages"]["problems"]["problems"] == 10
+    assert collect.ensure_problems(config, run) == 10  # recorded: kept as it is
+    assert len(problems.files()) == 3

@@ -33,7 +33,7 @@ from raystep.fs import location, read_metadata
 from raystep.local_ray import ensure_ray
 from raystep.records import PROBLEM_FIELDS, SAMPLE_FIELDS, Rejects
 from raystep.runs import RunDir, report_failures, timed_stage
-from raystep.stages.shards import ShardSet, failure_stats, require_unique
+from raystep.stages.shards import ShardSet, failure_stats
 from raystep.stages.stream import done_keys, drop_done, read_stage, scan, write_shards
 
 PROBLEM_KEYS: tuple[str, ...] = tuple(PROBLEM_FIELDS)
@@ -46,30 +46,32 @@ def load_run_problems(config: RunConfig, run: RunDir) -> list[dict[str, Any]]:
 
 
 def ensure_problems(config: RunConfig, run: RunDir) -> int:
-    """How many problems the run has: those in ``problems/`` when written, else loaded from the
-    configured source and written there, in shards of ``sampling.shard_size`` (so a rerun works on the
-    same units, and the stage's readers stream them)."""
+    """How many problems the run has: those in ``problems/`` when written, else read from the
+    configured source and written there as they are read, in shards of ``sampling.shard_size`` (so a
+    rerun works on the same units, the stage's readers stream them, and a corpus of any size passes
+    through the driver one shard at a time). The manifest records the set once it is whole: shards
+    without that record are a write cut short, and are redone."""
     shards = ShardSet(run.stage("problems"), schema=PROBLEM_FIELDS, kind="problem")
     wanted = config.data.model_dump(mode="json")
-    if shards.files() and not shards.done_units():  # an empty set recorded by an older raystep
-        for path in shards.files():
+    recorded = run.read_manifest().get("stages", {}).get("problems", {})
+    if shards.files() and (not shards.done_units() or "problems" not in recorded):
+        for path in shards.files():  # an empty set (an older raystep) or an interrupted write
             path.unlink()
     if shards.files():
-        recorded = run.read_manifest().get("stages", {}).get("problems", {}).get("data")
-        if recorded is not None and recorded != wanted:
+        if recorded.get("data") is not None and recorded["data"] != wanted:
             print(
-                f"raystep collect: {run.path}/problems/ was built with data={recorded}; keeping those problems "
-                f"(the units of this run), not data={wanted}. Use a new run name for other problems.",
+                f"raystep collect: {run.path}/problems/ was built with data={recorded['data']}; keeping those "
+                f"problems (the units of this run), not data={wanted}. Use a new run name for other problems.",
                 file=sys.stderr,
             )
         return sum(read_metadata(f).num_rows for f in shards.files())
-    from raystep.datasets import load_problems
+    from raystep.datasets import iter_problems
 
     rejects = Rejects(run.stage("problems") / "rejects.jsonl") if config.data.rejects else None
-    problems = load_problems(config.data, rejects=rejects)
+    count = write_problems(iter_problems(config.data, rejects=rejects), shards, config.sampling.shard_size)
     if rejects is not None:
         rejects.save()
-    if not problems:
+    if not count:
         where = config.data.path or config.data.hub_name or config.data.source
         rejected = (
             f" ({rejects.count} rejected, see {rejects.path})"
@@ -77,15 +79,32 @@ def ensure_problems(config: RunConfig, run: RunDir) -> int:
             else ""
         )
         raise EmptyInputError(f"{where}: no problems to collect{rejected}")
-    require_unique(problems, "id", "problem ids must be unique (they are the unit of resume)")
-    size = config.sampling.shard_size
-    for i in range(0, len(problems), size):
-        chunk = problems[i : i + size]
-        shards.write(chunk, [p["id"] for p in chunk], inject=False)
-    run.update_manifest("problems", data=wanted, problems=len(problems))
+    run.update_manifest("problems", data=wanted, problems=count)
     if rejects is not None and rejects.count:
         run.update_manifest("problems", rejects=rejects.count, reject_reasons=rejects.reasons)
-    return len(problems)
+    return count
+
+
+def write_problems(problems: Iterable[dict[str, Any]], shards: ShardSet, shard_size: int) -> int:
+    """Write ``problems`` as shards of ``shard_size`` rows while reading them; returns how many.
+
+    Holds one shard's rows and the ids seen (a duplicate id is an error: ids are the units of resume).
+    """
+    seen: set[str] = set()
+    chunk: list[dict[str, Any]] = []
+    for problem in problems:
+        if problem["id"] in seen:
+            raise ValueError(
+                f"problem ids must be unique (they are the unit of resume); duplicated: {problem['id']!r}"
+            )
+        seen.add(problem["id"])
+        chunk.append(problem)
+        if len(chunk) == shard_size:
+            shards.write(chunk, [p["id"] for p in chunk], inject=False)
+            chunk = []
+    if chunk:
+        shards.write(chunk, [p["id"] for p in chunk], inject=False)
+    return len(seen)
 
 
 def sample_requests(

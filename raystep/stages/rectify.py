@@ -577,7 +577,9 @@ def count_continuations(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
         c["continuations"] += 1
         c["continuations_correct"] += bool(r.get("correct"))
         c["continuation_errors"] += bool(r.get("error"))
-    return {k: c[k] for k in ("continuations", "continuations_correct", "continuation_errors")}
+        c["continuation_tokens"] += int(r.get("num_tokens") or 0)
+    keys = ("continuations", "continuations_correct", "continuation_errors", "continuation_tokens")
+    return {k: c[k] for k in keys}
 
 
 def count_pairs(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
@@ -611,7 +613,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         continuations = _phase_continuations(config, run_dir, stats["units"], stats)
         pairs = _phase_pairs(config, run_dir, continuations, stats)
         stats["generate_seconds"] = round(time.time() - start, 3)
-        stats.update(scan(continuations, ["correct", "error"], count_continuations))
+        stats.update(scan(continuations, ["correct", "error", "num_tokens"], count_continuations))
         stats.update(scan(pairs, ["sample_id"], count_pairs))
         stats["pairs_jsonl"] = ray.get(
             ray.remote(num_cpus=0)(_export).remote(str(pairs.folder), str(pairs.folder / "pairs.jsonl"))
