@@ -121,6 +121,8 @@ def test_a_stage_read_is_one_block_a_shard_without_ray_datas_footer_actors(tmp_p
     read = read_stage(shards, kind="problem", key="id").materialize()
     assert context.use_datasource_v2 == before
     assert (read.num_blocks(), read.count()) == (3, 15)
+    fewer = read_stage(shards, blocks=2).materialize()  # a shuffle's input: several shards a block
+    assert (fewer.num_blocks(), fewer.count()) == (2, 15)
     stats = read.stats()
     assert "ReadParquet" in stats and "ListFiles" not in stats
 

@@ -489,6 +489,12 @@ def shuffle_partitions(samples: int) -> int:
     return max(1, min(64, samples // 2000 + 1))
 
 
+SHUFFLE_BLOCKS_PER_PARTITION = 4
+"""Input blocks of the pairs phase's shuffle per partition: its map side makes a block per input block
+and partition, each tracked by the driver, so the input is read in at most this many blocks per
+partition (several shards a block) instead of one block a shard."""
+
+
 def _phase_pairs(config: RunConfig, run: RunDir, rectified: ShardSet, stats: dict[str, Any]) -> ShardSet:
     """Pairs from the stored continuations (and success rollouts): recomputed whole on every run, since
     it costs no generation except the rollouts, which are resumable rows of their own (``rollouts/``)."""
@@ -500,7 +506,8 @@ def _phase_pairs(config: RunConfig, run: RunDir, rectified: ShardSet, stats: dic
         stats["this_run"] = {}
         return pairs
     partitions = shuffle_partitions(stats["units"])
-    by_sample = read_stage(rectified).groupby("sample_id", num_partitions=partitions)
+    blocks = SHUFFLE_BLOCKS_PER_PARTITION * partitions
+    by_sample = read_stage(rectified, blocks=blocks).groupby("sample_id", num_partitions=partitions)
     if config.rectify.success_rollouts == 0:  # nothing between candidates and selection: one shuffle
         selected = by_sample.map_groups(
             _candidates_then_select, fn_kwargs={"config_json": config_json}, batch_format="pyarrow"

@@ -43,9 +43,14 @@ def has_error(row: dict[str, Any]) -> bool:
 
 
 def read_stage(
-    shards: ShardSet, columns: list[str] | None = None, kind: str | None = None, key: str | None = None
+    shards: ShardSet,
+    columns: list[str] | None = None,
+    kind: str | None = None,
+    key: str | None = None,
+    blocks: int | None = None,
 ) -> Dataset:
-    """The shards of a stage folder as a Ray Data dataset (an error when there are none).
+    """The shards of a stage folder as a Ray Data dataset (an error when there are none): one block a
+    shard, or ``blocks`` blocks (several shards a block: what a shuffle wants, see rectify's pairs).
 
     With ``kind``, every row is checked against its field spec on the workers: a bad row is a
     ``RowError`` naming the shard and the row's ``key``.
@@ -67,7 +72,7 @@ def read_stage(
             filesystem=files[0][1],  # None: local; else the run folder's pyarrow filesystem
             columns=columns,
             include_paths=kind is not None,
-            override_num_blocks=len(files),  # one block a shard (auto-split, a 64-row shard made 16 tasks)
+            override_num_blocks=min(blocks or len(files), len(files)),  # auto-split: 16 tasks a 64-row shard
         )
     finally:
         context.use_datasource_v2 = v2
