@@ -272,6 +272,12 @@ class SamplingConfig(Section):
     shard_size: int = Field(default=256, ge=1)
     """Rows per output shard, in every data stage (a shard is what a worker commits at once; a row is
     the unit of resume)."""
+    queue_mib: int = Field(default=32, ge=1)
+    """Most MiB of blocks Ray Data keeps queued between a data stage's operators (its object-store
+    budget). Ray returns a block under 100 KiB (a batch of short rows) to its owner, the driver, so
+    without a cap the queue behind a slow operator grows in the driver with the rows (docs/scale.md).
+    Raise it when engine replicas wait for input (many GPUs, long outputs); the driver may then hold
+    up to this much."""
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
     """The served policy ``sampling.engine: endpoint`` sends its requests to."""
 

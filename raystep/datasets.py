@@ -12,7 +12,7 @@ import importlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -362,19 +362,28 @@ def iter_problems(
     data: DataConfig, data_dir: Path | None = None, rejects: Rejects | None = None, fix: str = DATA_FIX
 ) -> Iterator[dict[str, Any]]:
     """``load_problems`` one row at a time: a corpus is read as it is written out (collect's
-    ``problems/`` shards), never held whole. Errors in the configuration raise at the first row."""
-    source = data.source
-    if source in GENERATED_SOURCES:
-        yield from _generated(source)(data)
-        return
-    column_map = dict(data.column_map)
-    data_dir = data_dir if data_dir is not None else default_data_dir()
+    ``problems/`` shards), never held whole. Errors in the configuration raise at the first row.
 
+    Ids are unique for every source (they are the units of resume): a file's duplicate is a row error
+    (rejected, or raised, as any malformed row); a generator's is a ``DatasetError``.
+    """
+    if data.source in GENERATED_SOURCES:
+        yield from _unique_ids(_generated(data.source)(data), data.source)
+        return
+    records, dataset, id_prefix = _records(data, data_dir or default_data_dir(), rejects, fix)
+    yield from _convert_all(records, dataset, dict(data.column_map), data.limit, rejects, id_prefix)
+
+
+def _records(
+    data: DataConfig, data_dir: Path, rejects: Rejects | None, fix: str
+) -> tuple[Iterator[tuple[str, Any]], str, str | None]:
+    """The raw records of a file, folder, hub or known source, with the ``dataset`` label of their rows
+    and the prefix of their ids (known sources only)."""
+    source = data.source
     if data.path:
         path = Path(data.path).expanduser()
         if not path.exists():
             raise DatasetError(f"data.path {path} does not exist")
-        dataset = _dataset_label(source, path.stem)
         files = (
             sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
             if path.is_dir()
@@ -383,8 +392,7 @@ def iter_problems(
         if not files:
             raise DatasetError(f"data.path {path}: no .jsonl, .json or .parquet files in it")
         records = (rec for f in files for rec in _iter_file(f, rejects))
-        yield from _convert_all(records, dataset, column_map, data.limit, rejects)
-        return
+        return records, _dataset_label(source, path.stem), None
 
     if source in FILE_SOURCES:
         raise DatasetError(f"data.source {source!r} needs data.path (the file or folder to read)")
@@ -392,27 +400,31 @@ def iter_problems(
         name = data.hub_name
         if not name:
             raise DatasetError("data.source 'hub' needs data.hub_name (for example 'openai/gsm8k')")
-        dataset = _dataset_label(source, name.rstrip("/").split("/")[-1])
-        yield from _convert_all(_load_hub(name, data.split), dataset, column_map, data.limit, rejects)
-        return
+        return _load_hub(name, data.split), _dataset_label(source, name.rstrip("/").split("/")[-1]), None
     if source not in BENCHMARKS:
-        known = ", ".join((*BENCHMARKS, *FILE_SOURCES, "hub", "synth"))
+        known = ", ".join((*BENCHMARKS, *FILE_SOURCES, "hub", *GENERATED_SOURCES))
         raise DatasetError(f"unknown data.source {source!r}; known: {known}")
 
-    local = _local_file(source, data.split, data_dir)
     dataset = _dataset_label(source, source)
+    local = _local_file(source, data.split, data_dir)
     if local is not None:
-        records = _iter_file(local, rejects)
-        yield from _convert_all(records, dataset, column_map, data.limit, rejects, f"{dataset}-{data.split}")
-        return
+        return _iter_file(local, rejects), dataset, f"{dataset}-{data.split}"
     hub = HUB_NAMES.get(source)
     if hub is None:
         raise DatasetError(
             f"no local file for {source!r} (looked for {LOCAL_FILES.get((source, 'test'))} under {data_dir}); "
             f"{fix}"
         )
-    records = _load_hub(hub, data.split, fix)
-    yield from _convert_all(records, dataset, column_map, data.limit, rejects, f"{dataset}-{data.split}")
+    return _load_hub(hub, data.split, fix), dataset, f"{dataset}-{data.split}"
+
+
+def _unique_ids(rows: Iterable[dict[str, Any]], source: str) -> Iterator[dict[str, Any]]:
+    seen: set[str] = set()
+    for row in rows:
+        if row["id"] in seen:
+            raise DatasetError(f"data.source {source!r} made the id {row['id']!r} twice (ids must be unique)")
+        seen.add(row["id"])
+        yield row
 
 
 def _dataset_label(source: str, fallback: str) -> str:

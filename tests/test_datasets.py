@@ -301,3 +301,20 @@ def test_a_generated_source_plugs_in_by_name(monkeypatch):
     mine = datasets.load_problems(DataConfig(source="mine", limit=3))
     synth = datasets.load_problems(DataConfig(source="synth", limit=3))
     assert [r["question"] for r in mine] == [r["question"] for r in synth] and len(mine) == 3
+
+
+def test_a_generated_source_that_repeats_an_id_is_refused(monkeypatch):
+    """Ids are the units of resume: a generator that makes one twice fails at that row, naming both."""
+    import types
+
+    from raystep import datasets
+
+    world = types.ModuleType("repeating_world")
+    world.problems = lambda data: ({"id": f"p{i % 3}", "question": "q", "answer": "1"} for i in range(5))
+    monkeypatch.setitem(sys.modules, "repeating_world", world)
+    monkeypatch.setattr(datasets, "GENERATED_SOURCES", dict(datasets.GENERATED_SOURCES))
+    datasets.register_source("repeating", "repeating_world:problems")
+    rows = datasets.iter_problems(DataConfig(source="repeating"))
+    assert [next(rows)["id"] for _ in range(3)] == ["p0", "p1", "p2"]
+    with pytest.raises(DatasetError, match="'repeating' made the id 'p0' twice"):
+        next(rows)

@@ -96,7 +96,7 @@ def stage_config(tmp_path: Path, *overrides: str):
 def test_localize_stage_labels_every_wrong_sample_and_resumes(tmp_path, ray_local, monkeypatch) -> None:
     from raystep.stages import localize
 
-    config = stage_config(tmp_path)
+    config = stage_config(tmp_path, "sampling.queue_mib=48")
     run_dir = RunDir.from_config(config)
     samples, truth = make_samples()
     write_samples(run_dir.path, samples)
@@ -111,6 +111,8 @@ def test_localize_stage_labels_every_wrong_sample_and_resumes(tmp_path, ray_loca
     monkeypatch.delenv(FAIL_AFTER_ENV)
 
     stats = localize.run(config)
+    limits = ray_local.data.DataContext.get_current().execution_options.resource_limits
+    assert limits.object_store_memory == 48 * 2**20  # the stage bounded its queue (stream.bound_queue)
     rows = ShardSet(run_dir.path / "localized").rows(kind="localized")
     assert sorted(r["sample_id"] for r in rows) == sorted(truth)  # each wrong sample once, none twice
     assert {r["sample_id"]: r["first_wrong_step"] for r in rows} == truth

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import sys
 import time
@@ -34,7 +35,7 @@ from raystep.local_ray import ensure_ray
 from raystep.records import PROBLEM_FIELDS, SAMPLE_FIELDS, Rejects
 from raystep.runs import RunDir, report_failures, timed_stage
 from raystep.stages.shards import ShardSet, failure_stats
-from raystep.stages.stream import done_keys, drop_done, read_stage, scan, write_shards
+from raystep.stages.stream import bound_queue, done_keys, drop_done, read_stage, scan, write_shards
 
 PROBLEM_KEYS: tuple[str, ...] = tuple(PROBLEM_FIELDS)
 
@@ -88,23 +89,14 @@ def ensure_problems(config: RunConfig, run: RunDir) -> int:
 def write_problems(problems: Iterable[dict[str, Any]], shards: ShardSet, shard_size: int) -> int:
     """Write ``problems`` as shards of ``shard_size`` rows while reading them; returns how many.
 
-    Holds one shard's rows and the ids seen (a duplicate id is an error: ids are the units of resume).
+    Holds one shard's rows; the ids are unique already (``datasets.iter_problems`` sees to it).
     """
-    seen: set[str] = set()
-    chunk: list[dict[str, Any]] = []
-    for problem in problems:
-        if problem["id"] in seen:
-            raise ValueError(
-                f"problem ids must be unique (they are the unit of resume); duplicated: {problem['id']!r}"
-            )
-        seen.add(problem["id"])
-        chunk.append(problem)
-        if len(chunk) == shard_size:
-            shards.write(chunk, [p["id"] for p in chunk], inject=False)
-            chunk = []
-    if chunk:
+    rows = iter(problems)
+    count = 0
+    while chunk := list(itertools.islice(rows, shard_size)):
         shards.write(chunk, [p["id"] for p in chunk], inject=False)
-    return len(seen)
+        count += len(chunk)
+    return count
 
 
 def sample_requests(
@@ -209,6 +201,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     run_dir = RunDir.from_config(config)
     run_dir.record_config(config)
     ensure_ray()
+    bound_queue(config)
     with timed_stage(run_dir, "collect") as stats:
         n_problems = ensure_problems(config, run_dir)
         shards = ShardSet(run_dir.stage("samples"), schema=SAMPLE_FIELDS, kind="sample")

@@ -42,7 +42,7 @@ from raystep.local_ray import ensure_ray
 from raystep.records import PAIR_FIELDS, PUBLIC_PAIR_FIELDS, read_parquet, to_public_pair, write_jsonl
 from raystep.runs import RunDir, report_failures, timed_stage
 from raystep.stages.shards import ShardSet, arrow_schema, failure_stats, require_unique
-from raystep.stages.stream import done_keys, drop_done, read_stage, scan, write_shards
+from raystep.stages.stream import bound_queue, done_keys, drop_done, read_stage, scan, write_shards
 
 if TYPE_CHECKING:
     from ray.data import MaterializedDataset
@@ -608,6 +608,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     run_dir = RunDir.from_config(config)
     run_dir.record_config(config)
     ensure_ray()
+    bound_queue(config)
     with timed_stage(run_dir, "rectify") as stats:
         if config.rectify.verify_chosen:
             load_chosen_verifier()  # an import error shows before any work

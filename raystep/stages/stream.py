@@ -12,6 +12,9 @@ A stage is ``read -> keep the rows to do -> work -> write_shards``:
   the same file). The unit of resume is one row (its ``key``): a row is done once its shard is on disk,
   a stage killed at any point and rerun ends with exactly the rows of an uninterrupted run. Rows kept
   with an error are recorded as failed units in their shard, for ``ShardSet.reopen_failed``.
+- ``bound_queue(config)`` caps the bytes Ray Data keeps queued between a stage's operators: blocks
+  under Ray's inline limit (100 KiB) are returned to their owner, the driver, so an uncapped queue
+  behind a slow operator would hold rows in the driver after all.
 - The driver iterates one small summary row per shard written (rows, failed units): the progress bar,
   the counts, and the ``RAYSTEP_FAIL_AFTER_SHARDS`` fault injection of the resume tests.
 """
@@ -33,8 +36,26 @@ if TYPE_CHECKING:
     from ray import ObjectRef
     from ray.data import Dataset
 
+    from raystep.config import RunConfig
+
 RowTest = Callable[[dict[str, Any]], bool]
 T = TypeVar("T")
+
+
+def bound_queue(config: RunConfig) -> None:
+    """Cap Ray Data's object-store budget for this driver's datasets at ``sampling.queue_mib``.
+
+    Ray returns a task's result under 100 KiB (``max_direct_call_object_size``) to the task's owner
+    instead of the object store, and the driver owns every block of a dataset it runs: a batch of 128
+    short rows is such a block. Ray Data queues blocks behind a slower operator up to its budget (a share
+    of the whole store by default), so without a cap that queue, rows included, grows in the driver.
+    """
+    import ray.data
+
+    options = ray.data.DataContext.get_current().execution_options
+    options.resource_limits = options.resource_limits.copy(
+        object_store_memory=config.sampling.queue_mib * 2**20
+    )
 
 
 def has_error(row: dict[str, Any]) -> bool:
