@@ -68,6 +68,7 @@ class MemoryPeaks:
     def __init__(self, every: float = 0.5):
         self.every = every
         self.peaks = resident()
+        self.private: list[float] = []  # every sample's private MiB, in order
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -78,6 +79,15 @@ class MemoryPeaks:
     def _sample(self) -> None:
         now = resident()
         self.peaks = {k: max(v, now[k]) for k, v in self.peaks.items()}
+        self.private.append(now["private"])
+
+    def second_half_rise(self) -> float:
+        """How far the private peak of the block's second half rose over its first half's (MiB): about
+        0 when the driver's memory has levelled off; half the run times the rate when it keeps growing."""
+        half = len(self.private) // 2
+        if half == 0:
+            return 0.0
+        return max(self.private[half:]) - max(self.private[:half])
 
     def __enter__(self) -> MemoryPeaks:
         self._thread.start()
@@ -89,7 +99,9 @@ class MemoryPeaks:
         self._sample()
 
     def rounded(self) -> dict[str, float]:
-        return {k: round(v, 1) for k, v in self.peaks.items()}
+        return {k: round(v, 1) for k, v in self.peaks.items()} | {
+            "private_second_half_rise": round(self.second_half_rise(), 1)
+        }
 
 
 def object_store() -> dict[str, float]:
@@ -280,13 +292,17 @@ def main() -> int:
                     f"{s['s_per_1000_rows']} | {s.get('tokens_per_s', '')} |"
                 )
         print(
-            "\n| size | stage | driver peak RSS (MiB) | of it private | of it object-store pages |"
-            "\n| --- | --- | --- | --- | --- |"
+            "\n| size | stage | driver peak RSS (MiB) | of it private | of it object-store pages "
+            "| private peak's rise in the stage's second half |"
+            "\n| --- | --- | --- | --- | --- | --- |"
         )
         for r in sized:
             for stage in ("collect", "localize", "rectify"):
                 m = r[stage]["driver_mib"]
-                print(f"| {r['multiple']}x | {stage} | {m['rss']} | {m['private']} | {m['object_store']} |")
+                print(
+                    f"| {r['multiple']}x | {stage} | {m['rss']} | {m['private']} | {m['object_store']} "
+                    f"| {m['private_second_half_rise']} |"
+                )
         print("\n| size | driver peak (ru_maxrss, MiB) | object store used (MiB) | spilled (MiB) | pairs |")
         print("| --- | --- | --- | --- | --- |")
         for r in sized:

@@ -36,3 +36,20 @@ def test_touched_shared_memory_counts_as_object_store_pages() -> None:
         pytest.skip("no /dev/shm: shared pages are file pages here")
     assert memory.peaks["object_store"] - before["object_store"] >= 48, memory.rounded()
     assert memory.peaks["rss"] >= memory.peaks["private"], memory.rounded()
+
+
+def test_the_second_half_rise_tells_levelled_off_from_growing() -> None:
+    """Memory taken early and then held reads as levelled off; memory taken late, as still growing."""
+    import time
+
+    with MemoryPeaks(every=0.02) as early:
+        held = bytearray(b"x" * (32 * MIB))
+        time.sleep(0.6)
+    del held
+    with MemoryPeaks(every=0.02) as late:
+        time.sleep(0.6)
+        taken = bytearray(b"x" * (32 * MIB))
+        time.sleep(0.05)
+    del taken
+    assert early.second_half_rise() < 8, early.private
+    assert late.second_half_rise() >= 24, late.private
