@@ -10,8 +10,8 @@ included, is then in the driver. ``bound_queue`` caps the budget at ``sampling.q
 This script starts a local Ray as a raystep run does, then runs the same dataset in two fresh driver
 processes, one with Ray Data's default budget and one bounded: an engine-like actor makes ``--rows``
 rows of 300 characters in blocks of 128, a slower task consumes them. Each driver prints how much its
-private resident memory (``RssAnon``, sampled 5 times a second) rose to over its level after a warm-up
-run; the script prints both and their difference (Linux: reads ``/proc``).
+private resident memory (``memory_meter.MemoryPeaks``, sampled 5 times a second) rose to over its level
+after a warm-up run; the script prints both and their difference (Linux: reads ``/proc``).
 
     python benchmarks/bench_driver_queue.py
 """
@@ -27,10 +27,11 @@ import textwrap
 
 DRIVER = textwrap.dedent(
     """
-    import json, sys, threading, time
+    import json, sys, time
     import pyarrow as pa, ray, ray.data
     from raystep.config import load_config
     from raystep.local_ray import ensure_ray
+    from memory_meter import MemoryPeaks, resident
     from raystep.stages.stream import bound_queue
 
     mode, rows, queue_mib = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -53,25 +54,14 @@ DRIVER = textwrap.dedent(
         written = ds.map_batches(write, compute=ray.data.TaskPoolStrategy(size=1), batch_format="pyarrow")
         return sum(r["rows"] for r in written.iter_rows())
 
-    def private_kib():  # the driver's own resident pages (RssAnon), not the object store's it touched
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("RssAnon:"))
-
-    peak = [0]
-
-    def sample():
-        while True:
-            peak[0] = max(peak[0], private_kib())
-            time.sleep(0.2)
-
     run(2560)
-    before = private_kib()
-    threading.Thread(target=sample, daemon=True).start()
-    start = time.perf_counter()
-    done = run(rows)
-    seconds = time.perf_counter() - start
-    grown = max(peak[0], private_kib()) - before
-    print("RESULT " + json.dumps({"rows": done, "grown_mib": round(grown / 1024, 1), "seconds": round(seconds, 1)}))
+    before = resident()["private"]
+    with MemoryPeaks(every=0.2) as memory:
+        start = time.perf_counter()
+        done = run(rows)
+        seconds = time.perf_counter() - start
+    grown = memory.peaks["private"] - before
+    print("RESULT " + json.dumps({"rows": done, "grown_mib": round(grown, 1), "seconds": round(seconds, 1)}))
     """
 )
 

@@ -7,7 +7,7 @@ import os
 import tempfile
 
 import pytest
-from bench_scale import MemoryPeaks, resident
+from memory_meter import MemoryPeaks, resident
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
 

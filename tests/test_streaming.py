@@ -13,12 +13,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_localize_stage import CHECKER, make_samples
 
 from raystep.records import SAMPLE_FIELDS
-from raystep.stages.shards import ShardSet
+from raystep.stages.shards import ShardSet, arrow_schema
 from raystep.stages.stream import shard_name
 
 DRIVER_CAP_MB = 150
@@ -100,6 +101,30 @@ def test_the_queue_between_operators_is_bounded_not_held_in_the_driver(ray_local
     bounded, default = grown["bounded"]["grown_mib"], grown["default"]["grown_mib"]
     assert bounded < 80, grown  # the 16 MiB queue plus Ray Data's per-block bookkeeping
     assert default > bounded + 40, grown  # without the cap the rows queue in the driver
+
+
+def test_the_driver_drops_ray_datas_per_block_stats_as_shards_commit(tmp_path, ray_local, monkeypatch):
+    """Ray Data keeps a stats record per output block of each operator for a dataset's lifetime, the one
+    thing in a stage's driver that grows with its rows: ``write_shards`` drops them at every shard. If
+    Ray renames what ``forget_block_stats`` reaches into, it drops nothing and this fails."""
+    import ray.data
+
+    from raystep.stages import stream
+
+    dropped: list[int] = []
+    forget = stream.forget_block_stats
+    monkeypatch.setattr(stream, "forget_block_stats", lambda ds: dropped.append(forget(ds)) or dropped[-1])
+    rows, _ = make_samples(10)  # 40 rows, in 20 blocks
+    table = pa.Table.from_pylist(rows, schema=arrow_schema(SAMPLE_FIELDS))
+    blocks = [table.slice(i, 2) for i in range(0, len(rows), 2)]
+    ds = ray.data.from_arrow(blocks).map_batches(lambda batch: batch, batch_size=2, batch_format="pyarrow")
+    shards = ShardSet(tmp_path / "s", schema=SAMPLE_FIELDS)
+    summaries = list(stream.write_shards(ds, shards, "sample_id", shard_size=4))
+
+    assert sum(s["rows"] for s in summaries) == len(rows)
+    assert len(dropped) == len(summaries)  # once per shard read
+    assert sum(dropped) >= len(summaries)  # every shard's block had a record, dropped
+    assert max(dropped) < sum(dropped)  # dropped as they came, never all kept to the end
 
 
 def test_shards_are_named_by_their_units_so_a_retried_write_replaces_itself():

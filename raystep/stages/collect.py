@@ -31,11 +31,10 @@ from raystep.engines.base import fan_out, normalize_sampling
 from raystep.engines.graded import graded_dataset
 from raystep.errors import ROWS_FAILED, EmptyInputError
 from raystep.fs import location, read_metadata
-from raystep.local_ray import ensure_ray
 from raystep.records import PROBLEM_FIELDS, SAMPLE_FIELDS, Rejects
 from raystep.runs import RunDir, report_failures, timed_stage
 from raystep.stages.shards import ShardSet, failure_stats
-from raystep.stages.stream import bound_queue, done_keys, drop_done, read_stage, scan, write_shards
+from raystep.stages.stream import done_keys, drop_done, read_stage, scan, start_stage, write_shards
 
 PROBLEM_KEYS: tuple[str, ...] = tuple(PROBLEM_FIELDS)
 
@@ -200,8 +199,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     written as shards by the workers; a sample is the unit of resume."""
     run_dir = RunDir.from_config(config)
     run_dir.record_config(config)
-    ensure_ray()
-    bound_queue(config)
+    start_stage(config)
     with timed_stage(run_dir, "collect") as stats:
         n_problems = ensure_problems(config, run_dir)
         shards = ShardSet(run_dir.stage("samples"), schema=SAMPLE_FIELDS, kind="sample")

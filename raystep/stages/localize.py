@@ -26,11 +26,10 @@ from raystep.config import RunConfig
 from raystep.engine_args import engine_env, resolve_device
 from raystep.errors import ROWS_FAILED
 from raystep.fs import StoragePath, write_image
-from raystep.local_ray import ensure_ray
 from raystep.records import LOCALIZED_FIELDS
 from raystep.runs import RunDir, report_failures, timed_stage
 from raystep.stages.shards import ShardSet, failure_stats
-from raystep.stages.stream import bound_queue, done_keys, drop_done, read_stage, scan, write_shards
+from raystep.stages.stream import done_keys, drop_done, read_stage, scan, start_stage, write_shards
 
 STAGE = "localize"
 REFERENCE_COLUMNS: tuple[str, ...] = ("solution", "sample_id", "id")
@@ -259,8 +258,7 @@ def run(config: RunConfig) -> dict[str, Any]:
 
         api_key_for(loc.judge.base_url, loc.judge.api_key_env)  # fail here, not inside an actor
     run_dir.record_config(config)
-    ensure_ray()
-    bound_queue(config)
+    start_stage(config)
     with timed_stage(run_dir, STAGE) as stats:
         samples = ShardSet(samples_dir, kind="sample", clean=False)  # read only: collect may be writing
         counts = scan(samples, ["correct", "error", *REFERENCE_COLUMNS], count_wrong)

@@ -38,11 +38,10 @@ from raystep.engines import config_and_tokenizer
 from raystep.engines.base import make_sampling, sample_seeds
 from raystep.engines.graded import graded_dataset
 from raystep.errors import ROWS_FAILED
-from raystep.local_ray import ensure_ray
 from raystep.records import PAIR_FIELDS, PUBLIC_PAIR_FIELDS, read_parquet, to_public_pair, write_jsonl
 from raystep.runs import RunDir, report_failures, timed_stage
 from raystep.stages.shards import ShardSet, arrow_schema, failure_stats, require_unique
-from raystep.stages.stream import bound_queue, done_keys, drop_done, read_stage, scan, write_shards
+from raystep.stages.stream import done_keys, drop_done, read_stage, scan, start_stage, write_shards
 
 if TYPE_CHECKING:
     from ray.data import MaterializedDataset
@@ -607,8 +606,7 @@ def run(config: RunConfig) -> dict[str, Any]:
 
     run_dir = RunDir.from_config(config)
     run_dir.record_config(config)
-    ensure_ray()
-    bound_queue(config)
+    start_stage(config)
     with timed_stage(run_dir, "rectify") as stats:
         if config.rectify.verify_chosen:
             load_chosen_verifier()  # an import error shows before any work
