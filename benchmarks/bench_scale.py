@@ -5,8 +5,9 @@ tiny policy on vLLM's CPU build (``sampling.engine: vllm``, ``ray.data.llm``), a
 the demo's 200 problems x 4 samples. Each size runs in a fresh driver process on one local Ray, so the
 driver's peak memory (``ru_maxrss``) is its own. Per size and stage it prints rows/s, generated
 tokens/s, seconds per 1,000 rows (start-up included: each stage starts its engine) and the driver's
-peak resident memory, sampled twice a second and split into private pages and the shared object-store
-pages the driver has touched (Linux counts those in its RSS, and so in ``ru_maxrss``); per size the
+peak resident memory (``memory_meter.MemoryPeaks``: sampled twice a second and split into private pages
+and the shared object-store pages the driver has touched, which Linux counts in its RSS and so in
+``ru_maxrss``), and how far the private peak rose in the stage's second half; per size the
 driver's ``ru_maxrss`` and Ray's object store use and spilling (from ``ray memory --stats-only``'s
 summary, read in the driver); then the ratios between sizes, and the marginal rate between two sizes
 (extra rows over extra seconds), which cancels each stage's fixed start-up.
@@ -30,11 +31,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memory_meter import MemoryPeaks, rss_mb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if TYPE_CHECKING:
+    from raystep.config import RunConfig
 
 DEMO_PROBLEMS = 200
 
@@ -54,24 +58,30 @@ def object_store() -> dict[str, float]:
     }
 
 
-def one_size(root: str, policy: str, multiple: int) -> dict[str, Any]:
-    """collect -> localize -> rectify for ``multiple`` x the demo's problems, in this process."""
+def scale_config(root: str, policy: str, multiple: int, name: str | None = None) -> RunConfig:
+    """The demo's run at ``multiple`` x its problems, localized by the exact verifier."""
     from raystep.config import load_config
     from raystep.experiments.demo import demo_overrides
-    from raystep.local_ray import ensure_ray
-    from raystep.stages import collect, localize, rectify
 
     settings = [
         *demo_overrides("full", 8321),
         f"storage.root={root}",
-        f"name=scale-{multiple}x",
+        f"name={name or f'scale-{multiple}x'}",
         f"model.path={policy}",
         f"data.limit={DEMO_PROBLEMS * multiple}",
         "localize.methods=[verifier]",
         "sampling.batch_size=128",
         "sampling.shard_size=256",
     ]
-    config = load_config(None, settings)
+    return load_config(None, settings)
+
+
+def one_size(root: str, policy: str, multiple: int) -> dict[str, Any]:
+    """collect -> localize -> rectify for ``multiple`` x the demo's problems, in this process."""
+    from raystep.local_ray import ensure_ray
+    from raystep.stages import collect, localize, rectify
+
+    config = scale_config(root, policy, multiple)
     ensure_ray()
     out: dict[str, Any] = {"multiple": multiple, "problems": DEMO_PROBLEMS * multiple}
     for name, stage, rows_key, tokens in (
