@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from bench_scale import ensure_policy_dir, scale_config
+from bench_scale import ensure_policy_dir, fresh_driver, scale_config
 from memory_meter import MemoryPeaks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -98,17 +97,9 @@ def main() -> int:
     order = ["trim", "keep", "keep", "trim"] * args.rounds
     results = []
     for i, mode in enumerate(order):
-        proc = subprocess.run(
-            [sys.executable, __file__, "--root", root, "--policy", policy]
-            + ["--multiple", str(args.multiple), "--one", mode, f"block-stats-{i}-{mode}"],
-            capture_output=True,
-            text=True,
-        )
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(f"run {i} ({mode}) failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
-            return 1
-        results.append(json.loads(lines[-1].removeprefix("RESULT ")))
+        name = f"block-stats-{i}-{mode}"
+        run = ["--root", root, "--policy", policy, "--multiple", str(args.multiple), "--one", mode, name]
+        results.append(fresh_driver(__file__, *run))
         print(json.dumps(results[-1]), flush=True)
 
     print(f"\ncollect at {args.multiple}x ({results[0]['rows']:,} samples), fresh driver and Ray each run")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -182,6 +181,16 @@ def ensure_policy_dir(root: str) -> str:
     return str(policy_dir)
 
 
+def fresh_driver(script: str, *args: str) -> dict[str, Any]:
+    """Run ``script args`` in a fresh Python process (a driver of its own, so its peak memory is its
+    own) and return the JSON of its last ``RESULT`` line."""
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"{' '.join(args)}: failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -212,17 +221,7 @@ def main() -> int:
         [["--one-million", str(args.million)]] if args.million else []
     )
     for extra in runs:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--root", root, "--policy", policy, *extra],
-            capture_output=True,
-            text=True,
-            env={**os.environ},
-        )
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(f"{extra}: failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
-            return 1
-        results.append(json.loads(lines[-1].removeprefix("RESULT ")))
+        results.append(fresh_driver(__file__, "--root", root, "--policy", policy, *extra))
         print(json.dumps(results[-1]), flush=True)
 
     sized = [r for r in results if "multiple" in r]
